@@ -1,0 +1,131 @@
+"""Status conditions in the kstatus shape, their type and reason constants, and pure helpers.
+
+kstatus (sigs.k8s.io/cli-utils) reads `Reconciling` and `Stalled` as abnormal-true conditions and
+`Ready` as the summary; job-like kinds add `Succeeded` / `Failed`. `lastTransitionTime` changes only
+when a condition's status flips, so watchers and `kubectl wait` see real transitions, not churn.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from lepton.api.base import ApiModel
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    REFERENCES_RESOLVED = "ReferencesResolved"
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons (CamelCase, as Kubernetes expects)."""
+
+    # Spec problems the user must fix; the resource stalls until they do.
+    INVALID_SPEC = "InvalidSpec"
+    # Lifecycle
+    CREATED = "Created"
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    AWAITING_CONTROLLER = "AwaitingController"
+    RECONCILED = "Reconciled"
+    REFERENCE_NOT_FOUND = "ReferenceNotFound"
+    REFERENCE_NOT_READY = "ReferenceNotReady"
+    REFERENCES_READY = "ReferencesReady"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    # Copied from pods and the scheduler
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL_BACKOFF = "ImagePullBackOff"
+    CRASH_LOOP_BACKOFF = "CrashLoopBackOff"
+    OOM_KILLED = "OOMKilled"
+    ERROR = "Error"
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """One observation of the resource's state, as in metav1.Condition."""
+
+    type: str = Field(description="Condition type, e.g. Ready, Reconciling, Stalled, Succeeded, Failed.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word saying why the condition has this status.")
+    message: str = Field(default="", description="Human-readable details, including what to do next.")
+    last_transition_time: str = Field(
+        description="RFC 3339 time at which status last changed (not when the message changed)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this condition was computed from."
+    )
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str = "",
+    *,
+    observed_generation: int | None = None,
+    now: str | None = None,
+) -> list[Condition]:
+    """Return a new list with `type_` set; keeps lastTransitionTime unless the status flips.
+
+    Pure: the input list is not modified. Order is stable (existing types keep their place,
+    new types are appended), so an unchanged status compares equal and is not patched.
+    """
+    out: list[Condition] = []
+    found = False
+    for cond in conditions:
+        if cond.type != type_:
+            out.append(cond)
+            continue
+        found = True
+        flipped = cond.status != status
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=(now or now_rfc3339()) if flipped else cond.last_transition_time,
+                observed_generation=observed_generation,
+            )
+        )
+    if not found:
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=now or now_rfc3339(),
+                observed_generation=observed_generation,
+            )
+        )
+    return out
+
+
+def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(conditions: list[Condition], type_: str) -> bool:
+    cond = get_condition(conditions, type_)
+    return cond is not None and cond.status == "True"

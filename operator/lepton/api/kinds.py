@@ -1,0 +1,181 @@
+"""The four kinds: their envelopes (apiVersion, kind, metadata, spec, status) and the facts the CRDs
+and the operator need about each (names, short names, printer columns, subresources)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lepton.api.base import ApiModel
+from lepton.api.common import CommonStatus
+from lepton.api.dataset import DatasetSpec, DatasetStatus
+from lepton.api.inferenceservice import InferenceServiceSpec, InferenceServiceStatus
+from lepton.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+from lepton.api.tuningstudy import TuningStudySpec, TuningStudyStatus
+
+GROUP = "lepton.ai"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "lepton"
+
+
+class ObjectMeta(BaseModel):
+    """The part of metav1.ObjectMeta the project reads; everything else is kept as it came."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class _Envelope(ApiModel):
+    api_version: Literal["lepton.ai/v1alpha1"] = Field(description="lepton.ai/v1alpha1")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+
+
+class Dataset(_Envelope):
+    kind: Literal["Dataset"] = Field(description="Dataset")
+    spec: DatasetSpec
+    status: DatasetStatus = Field(default_factory=DatasetStatus)
+
+
+class TrainingJob(_Envelope):
+    kind: Literal["TrainingJob"] = Field(description="TrainingJob")
+    spec: TrainingJobSpec
+    status: TrainingJobStatus = Field(default_factory=TrainingJobStatus)
+
+
+class TuningStudy(_Envelope):
+    kind: Literal["TuningStudy"] = Field(description="TuningStudy")
+    spec: TuningStudySpec
+    status: TuningStudyStatus = Field(default_factory=TuningStudyStatus)
+
+
+class InferenceService(_Envelope):
+    kind: Literal["InferenceService"] = Field(description="InferenceService")
+    spec: InferenceServiceSpec
+    status: InferenceServiceStatus = Field(default_factory=InferenceServiceStatus)
+
+
+Resource = Dataset | TrainingJob | TuningStudy | InferenceService
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    json_path: str
+    type: Literal["string", "integer", "number", "boolean", "date"] = "string"
+    description: str = ""
+    priority: int = 0
+
+    def to_crd(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
+        if self.description:
+            out["description"] = self.description
+        if self.priority:
+            out["priority"] = self.priority
+        return out
+
+
+PHASE = PrinterColumn("Phase", ".status.phase", description="Summary of the state")
+AGE = PrinterColumn("Age", ".metadata.creationTimestamp", "date")
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    description: str
+    model: type[_Envelope]
+    spec: type[ApiModel]
+    status: type[CommonStatus]
+    columns: tuple[PrinterColumn, ...]
+    scale: bool = False
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+KINDS: dict[str, KindInfo] = {
+    info.kind: info
+    for info in (
+        KindInfo(
+            kind="Dataset",
+            plural="datasets",
+            short_names=("lds",),
+            description="A declarative data preparation pipeline whose outputs are versioned by content hash.",
+            model=Dataset,
+            spec=DatasetSpec,
+            status=DatasetStatus,
+            columns=(
+                PHASE,
+                PrinterColumn("Version", ".status.version", description="Current content-hash version"),
+                PrinterColumn("Train", ".status.rows.train", "integer", "Rows in the training split"),
+                AGE,
+            ),
+        ),
+        KindInfo(
+            kind="TrainingJob",
+            plural="trainingjobs",
+            short_names=("ltj",),
+            description="Distributed (torchrun) fine-tuning of a transformers model on one or more nodes.",
+            model=TrainingJob,
+            spec=TrainingJobSpec,
+            status=TrainingJobStatus,
+            columns=(
+                PHASE,
+                PrinterColumn("Ready", ".status.ready", description="Nodes running / wanted"),
+                PrinterColumn("Progress", ".status.progress.percent", "integer", "Percent of steps done"),
+                PrinterColumn("Loss", ".status.progress.loss", description="Latest training loss"),
+                PrinterColumn("Restarts", ".status.restarts", "integer", "Gang restarts"),
+                AGE,
+                PrinterColumn("Checkpoint", ".status.latestCheckpoint", priority=1),
+            ),
+        ),
+        KindInfo(
+            kind="TuningStudy",
+            plural="tuningstudies",
+            short_names=("lts",),
+            description="An Optuna hyper-parameter search whose trials run as TrainingJobs.",
+            model=TuningStudy,
+            spec=TuningStudySpec,
+            status=TuningStudyStatus,
+            columns=(
+                PHASE,
+                PrinterColumn("Trials", ".status.trials.total", "integer", "Trials started"),
+                PrinterColumn("Best", ".status.bestTrial.value", description="Best objective value"),
+                AGE,
+                PrinterColumn("Objective", ".spec.objective.metric", priority=1),
+            ),
+        ),
+        KindInfo(
+            kind="InferenceService",
+            plural="inferenceservices",
+            short_names=("lis",),
+            description="An autoscaled model server with dynamic batching and canary rollout.",
+            model=InferenceService,
+            spec=InferenceServiceSpec,
+            status=InferenceServiceStatus,
+            columns=(
+                PHASE,
+                PrinterColumn("Ready", ".status.readyReplicas", "integer", "Replicas ready"),
+                PrinterColumn("Replicas", ".status.replicas", "integer", "Replicas that exist"),
+                PrinterColumn("URL", ".status.url", priority=1),
+                AGE,
+            ),
+            scale=True,
+        ),
+    )
+}

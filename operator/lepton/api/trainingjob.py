@@ -1,0 +1,189 @@
+"""TrainingJob: multi-node, multi-GPU torchrun training of a transformers model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from lepton.api.base import ApiModel, Rule, exactly_one, immutable, ordered
+from lepton.api.common import (
+    CommonStatus,
+    DatasetRef,
+    EnvVar,
+    JobLifecycle,
+    ModelSource,
+    PvcPath,
+    Resources,
+    Scheduling,
+    StorageLocation,
+)
+
+Task = Literal["causal-lm", "sequence-classification"]
+
+
+class ModelSpec(ModelSource):
+    """The model to fine-tune: a source (exactly one) and how to initialise it."""
+
+    init: Literal["pretrained", "config"] = Field(
+        default="pretrained",
+        description="pretrained: load the weights; config: build the architecture from config.json with "
+        "fresh weights (training from scratch, tiny test models).",
+    )
+    num_labels: int | None = Field(default=None, ge=2, description="Number of classes, for sequence-classification.")
+
+
+class DataSpec(ApiModel):
+    """Training data: a Dataset, or files (jsonl, csv, parquet) at a URI or in a PVC."""
+
+    rules = (exactly_one("datasetRef", "uri", "pvc", where="data"),)
+
+    dataset_ref: DatasetRef | None = Field(default=None, description="A Dataset in this namespace.")
+    uri: str | None = Field(default=None, description="File or directory: local path, file://, s3://.", min_length=1)
+    pvc: PvcPath | None = Field(default=None, description="File or directory inside a PersistentVolumeClaim.")
+    format: Literal["auto", "jsonl", "csv", "parquet"] = Field(
+        default="auto", description="File format; auto guesses from the extension."
+    )
+    text_field: str = Field(default="text", description="Column holding the input text.", min_length=1)
+    label_field: str = Field(default="label", description="Column holding the label (classification).")
+    validation_fraction: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Held-out fraction for evaluation when no split exists."
+    )
+
+
+class Hyperparameters(ApiModel):
+    """Optimisation settings. Per-device batch size; the global batch is batch × accumulation × world."""
+
+    rules = (
+        Rule(
+            cel="has(self.epochs) || has(self.maxSteps)",
+            message="hyperparameters: set epochs or maxSteps so the job knows when to stop",
+            check=lambda h: h.epochs is not None or h.max_steps is not None,
+        ),
+    )
+
+    learning_rate: float = Field(default=5e-5, gt=0, le=1, description="Peak learning rate.")
+    batch_size: int = Field(default=8, ge=1, le=65536, description="Samples per device per step.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096, description="Micro-steps per update.")
+    epochs: float | None = Field(default=None, gt=0, description="Passes over the data.")
+    max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps; overrides epochs if set.")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(default="linear", description="LR schedule.")
+    max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm; 0 disables.")
+    max_seq_length: int = Field(default=512, ge=8, le=131072, description="Tokens per sample after truncation.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 on GPUs that support it, fp32 on CPU."
+    )
+    seed: int = Field(default=42, ge=0, description="Seed for data order and initialisation.")
+    eval_every_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps.")
+
+
+class CheckpointSpec(ApiModel):
+    """Periodic checkpoints, kept across gang restarts, suspension and resumption."""
+
+    location: StorageLocation | None = Field(
+        default=None, description="Where checkpoints go; default: under the output location."
+    )
+    every_steps: int = Field(default=500, ge=1, description="Save every N optimizer steps.")
+    keep: int = Field(default=2, ge=1, le=100, description="How many recent checkpoints to keep.")
+    resume: Literal["latest", "none"] = Field(
+        default="latest", description="latest: continue from the newest checkpoint on (re)start."
+    )
+
+
+class DistillationSpec(ApiModel):
+    """Knowledge distillation from a teacher model."""
+
+    teacher: ModelSource = Field(description="The teacher model.")
+    temperature: float = Field(default=2.0, gt=0, le=100, description="Softmax temperature.")
+    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the distillation loss (1 - alpha: labels).")
+
+
+class ExportSpec(ApiModel):
+    quantization: Literal["none", "dynamic-int8"] = Field(
+        default="none", description="Post-training quantization of the exported model."
+    )
+
+
+class TrainingJobSpec(JobLifecycle):
+    """A distributed fine-tuning run: `nodes` pods, each running torchrun with one process per GPU."""
+
+    rules = (
+        Rule(
+            cel="has(self.nodes) || has(self.minNodes) || has(self.maxNodes)",
+            message="set nodes, or minNodes and maxNodes for an elastic job",
+            check=lambda s: s.nodes is not None or s.min_nodes is not None or s.max_nodes is not None,
+        ),
+        Rule(
+            cel="!has(self.nodes) || (!has(self.minNodes) && !has(self.maxNodes))",
+            message="nodes fixes the size; minNodes and maxNodes make the job elastic: set one or the other",
+            check=lambda s: s.nodes is None or (s.min_nodes is None and s.max_nodes is None),
+        ),
+        Rule(
+            cel="has(self.minNodes) == has(self.maxNodes)",
+            message="minNodes and maxNodes go together: set both for an elastic job",
+            check=lambda s: (s.min_nodes is None) == (s.max_nodes is None),
+        ),
+        ordered("minNodes", "maxNodes", where="elastic job"),
+        Rule(
+            cel="self.backend != 'nccl' || self.gpusPerNode > 0",
+            message="backend nccl needs GPUs: set gpusPerNode > 0 or use backend gloo",
+            check=lambda s: s.backend != "nccl" or s.gpus_per_node > 0,
+        ),
+        Rule(
+            cel="self.task != 'sequence-classification' || has(self.model.numLabels)",
+            message="task sequence-classification needs model.numLabels",
+            check=lambda s: s.task != "sequence-classification" or s.model.num_labels is not None,
+        ),
+        immutable("task", "task"),
+        immutable("model", "model"),
+        immutable("gpusPerNode", "gpusPerNode"),
+    )
+
+    image: str | None = Field(default=None, description="Trainer image; default: the operator's trainer image.")
+    task: Task = Field(default="causal-lm", description="causal-lm or sequence-classification.")
+    model: ModelSpec = Field(description="The model to train and where it comes from.")
+    data: DataSpec = Field(description="The training data.")
+    hyperparameters: Hyperparameters = Field(description="Optimisation settings.")
+    nodes: int | None = Field(default=None, ge=1, le=1024, description="Pods (machines); fixed size.")
+    min_nodes: int | None = Field(default=None, ge=1, le=1024, description="Elastic: fewest nodes to run with.")
+    max_nodes: int | None = Field(default=None, ge=1, le=1024, description="Elastic: most nodes to use.")
+    gpus_per_node: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per pod; 0 trains on CPU.")
+    procs_per_node: int | None = Field(
+        default=None, ge=1, le=256, description="Processes per pod; default: gpusPerNode, or 1 on CPU."
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        default="auto", description="torch.distributed backend; auto: nccl with GPUs, gloo without."
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="DistributedDataParallel or FSDP.")
+    resources: Resources = Field(default_factory=Resources, description="CPU/memory per pod.")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra env; overrides NCCL/torch defaults.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint policy.")
+    output: StorageLocation = Field(description="Where the final model (save_pretrained) is written.")
+    distillation: DistillationSpec | None = Field(default=None, description="Distil from a teacher.")
+    export: ExportSpec = Field(default_factory=ExportSpec, description="Post-processing of the final model.")
+    scheduling: Scheduling = Field(default_factory=Scheduling, description="Queue, priority and placement.")
+
+
+class Progress(ApiModel):
+    """Training progress as last reported by rank 0."""
+
+    step: int | None = Field(default=None, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    percent: int | None = Field(default=None, description="step / totalSteps, 0-100.")
+    epoch: float | None = Field(default=None, description="Current (fractional) epoch.")
+    loss: str | None = Field(default=None, description="Latest training loss (decimal string).")
+    samples_per_second: str | None = Field(default=None, description="Throughput across all ranks.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds to completion.")
+
+
+class TrainingJobStatus(CommonStatus):
+    ready: str | None = Field(default=None, description="Nodes running / nodes wanted, e.g. '2/2'.")
+    restarts: int = Field(default=0, description="Gang restarts so far.")
+    rendezvous_id: str | None = Field(default=None, description="torchrun rendezvous id of the current gang.")
+    start_time: str | None = Field(default=None, description="When all pods first ran.")
+    completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    latest_checkpoint: str | None = Field(default=None, description="Location of the newest checkpoint.")
+    output_model: str | None = Field(default=None, description="Location of the final model once written.")

@@ -1,0 +1,1 @@
+"""`leptonctl`: the command line on top of every other layer."""

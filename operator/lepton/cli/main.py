@@ -1,0 +1,62 @@
+"""`leptonctl` entry point. Arguments are parsed in main(), never at import time."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lepton import __version__
+from lepton.cli import crds, manifests
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leptonctl",
+        description="Lepton: datasets, distributed training, tuning and serving on Kubernetes.",
+    )
+    parser.add_argument("--version", action="version", version=f"leptonctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("crds", help="write the CRDs generated from the API models, or check them for drift")
+    p.add_argument("--out", type=Path, action="append", help="directory to write into (repeatable); default crds/")
+    p.add_argument("--check", action="store_true", help="fail if the files differ from a fresh generation")
+    p.add_argument("--stdout", action="store_true", help="print all CRDs as one YAML stream")
+    p.set_defaults(func=crds.command)
+
+    p = sub.add_parser("validate", help="validate manifests with the same rules the apiserver enforces")
+    p.add_argument("-f", "--filename", type=Path, action="append", required=True, help="file or directory")
+    p.set_defaults(func=manifests.validate_command)
+
+    p = sub.add_parser("operator", help="run the operator against the cluster in KUBECONFIG / in-cluster")
+    p.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
+    p.set_defaults(func=_operator)
+    return parser
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import os
+
+    from lepton.controller.runner import run
+    from lepton.controller.settings import Settings, SettingsError
+
+    env = dict(os.environ)
+    if args.namespace:
+        env["LEPTON_WATCH_NAMESPACES"] = ",".join(args.namespace)
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"leptonctl operator: {exc}", file=sys.stderr)
+        return 2
+    run(settings)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The operator: kopf handlers, settings, metrics and health. The only layer that talks to Kubernetes."""

@@ -1,0 +1,53 @@
+"""Prometheus metrics of the operator, in a registry of its own (no process-wide globals)."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            "lepton_reconcile_total",
+            "Reconciles by kind and outcome (ok, invalid, error).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "lepton_reconcile_duration_seconds",
+            "Time spent in one reconcile, by kind.",
+            ["kind"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.resources = Gauge(
+            "lepton_resources",
+            "Resources the operator knows, by kind and phase.",
+            ["kind", "phase"],
+            registry=self.registry,
+        )
+        self._phases: dict[tuple[str, str, str], str] = {}
+
+    def observe_phase(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
+        """Record the phase of one resource (None: it is gone) and refresh the per-phase gauge."""
+        key = (kind, namespace, name)
+        if phase is None:
+            self._phases.pop(key, None)
+        else:
+            self._phases[key] = phase
+        counts = Tally(p for (k, _, _), p in self._phases.items() if k == kind)
+        for (k, ph), _ in list(self._known_series().items()):
+            if k == kind and ph not in counts:
+                self.resources.labels(kind=k, phase=ph).set(0)
+        for ph, n in counts.items():
+            self.resources.labels(kind=kind, phase=ph).set(n)
+
+    def _known_series(self) -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for metric in self.resources.collect():
+            for sample in metric.samples:
+                out[(sample.labels["kind"], sample.labels["phase"])] = sample.value
+        return out

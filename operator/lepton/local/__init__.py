@@ -1,0 +1,1 @@
+"""The local backend: runs rendered workloads as processes on this machine."""

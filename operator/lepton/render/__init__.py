@@ -1,0 +1,1 @@
+"""Pure rendering: (resource, settings) -> child manifests as dicts. No I/O."""
