@@ -107,6 +107,20 @@ build_go_install() { # name version package ldflags
   install_built "$1" "$2" "$gobin/$1"
 }
 
+# kwok 0.8 ships no default Stages in its binaries: its stock ones live in the module under
+# kustomize/stage/. Keep the ones the dev cluster uses beside the kwok binary.
+copy_kwok_stages() {
+  local dest; dest="$(dirname "$(path_of kwok "$KWOK_VERSION")")/stages"
+  [[ -f "$dest/pod-ready.yaml" ]] && return
+  local dir; dir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir -p "$dest.tmp"
+  cp "$dir"/kustomize/stage/node/fast/node-initialize.yaml \
+     "$dir"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+     "$dir"/kustomize/stage/pod/general/pod-*.yaml "$dest.tmp/"
+  chmod -R u+w "$dest.tmp" && rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  log "ready: kwok stages -> $dest"
+}
+
 print_env() {
   local n
   for n in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
@@ -116,6 +130,8 @@ print_env() {
   printf 'LEPTON_BIN_KWOK=%s\n' "$(path_of kwok "$KWOK_VERSION")"
   printf 'LEPTON_BIN_KWOKCTL=%s\n' "$(path_of kwokctl "$KWOK_VERSION")"
   printf 'LEPTON_BIN_HELM=%s\n' "$(path_of helm "$HELM_VERSION")"
+  printf 'LEPTON_KWOK_STAGES=%s/stages\n' "$(dirname "$(path_of kwok "$KWOK_VERSION")")"
+  printf 'LEPTON_KUBERNETES_VERSION=%s\n' "$KUBERNETES_VERSION"
 }
 
 start=$(date +%s)
@@ -127,6 +143,7 @@ build_go_install kwokctl "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwokctl \
   "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 build_etcd
 build_kubernetes
+copy_kwok_stages
 log "all binaries ready in $(($(date +%s) - start))s (cache: $bin_root)"
 [[ "${1:-}" == "--print-env" ]] && print_env
 exit 0

@@ -81,7 +81,7 @@ class InferenceServiceSpec(ApiModel):
         description="Routes: Open Inference Protocol v2 and OpenAI-compatible.",
     )
     canary: Canary | None = Field(default=None, description="Split traffic to a candidate model.")
-    env: list[EnvVar] = Field(default_factory=list, description="Extra env for the server.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Extra env for the server.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Priority and placement.")
 
 

@@ -158,7 +158,9 @@ class TrainingJobSpec(JobLifecycle):
     )
     strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="DistributedDataParallel or FSDP.")
     resources: Resources = Field(default_factory=Resources, description="CPU/memory per pod.")
-    env: list[EnvVar] = Field(default_factory=list, description="Extra env; overrides NCCL/torch defaults.")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=256, description="Extra env; overrides NCCL/torch defaults."
+    )
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint policy.")
     output: StorageLocation = Field(description="Where the final model (save_pretrained) is written.")
     distillation: DistillationSpec | None = Field(default=None, description="Distil from a teacher.")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lepton import __version__
 from lepton.cli import crds, manifests
+from lepton.cli.devcluster import DevCluster, DevClusterError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate manifests with the same rules the apiserver enforces")
     p.add_argument("-f", "--filename", type=Path, action="append", required=True, help="file or directory")
     p.set_defaults(func=manifests.validate_command)
+
+    dev = sub.add_parser("dev", help="a real local control plane (etcd, apiserver, scheduler, kwok GPU nodes)")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
+    p = dev_sub.add_parser("up", help="start or reuse the cluster, add fake GPU nodes, install the CRDs")
+    p.add_argument("--nodes", type=int, default=4, help="fake GPU nodes (default 4)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="nvidia.com/gpu per node (default 8)")
+    p.set_defaults(func=_dev_up)
+    p = dev_sub.add_parser("down", help="stop and delete the cluster")
+    p.set_defaults(func=_dev_down)
+    p = dev_sub.add_parser("status", help="whether the cluster runs, its version and nodes")
+    p.set_defaults(func=_dev_status)
+    for q in (dev, *dev_sub.choices.values()):
+        q.add_argument("--name", default="lepton", help="cluster name (default lepton)")
 
     p = sub.add_parser("operator", help="run the operator against the cluster in KUBECONFIG / in-cluster")
     p.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
@@ -53,9 +67,35 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev(args: argparse.Namespace) -> DevCluster:
+    return DevCluster(args.name)
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    timings = _dev(args).up(nodes=args.nodes, gpus_per_node=args.gpus_per_node)
+    print(" ".join(f"{k}={v:.1f}" for k, v in timings.items()))
+    return 0
+
+
+def _dev_down(args: argparse.Namespace) -> int:
+    _dev(args).down()
+    return 0
+
+
+def _dev_status(args: argparse.Namespace) -> int:
+    info = _dev(args).status()
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    return 0 if info["healthy"] else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except DevClusterError as exc:
+        print(f"leptonctl: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

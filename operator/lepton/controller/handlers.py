@@ -77,9 +77,15 @@ def make_forgetter(info: KindInfo, metrics: OperatorMetrics) -> Callable[..., No
     return forget
 
 
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: its ServiceAccount; elsewhere: KUBECONFIG. No client library needed."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 def build_registry(metrics: OperatorMetrics) -> kopf.OperatorRegistry:
     """Register the handlers of every kind in a registry of their own."""
     registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(login)
     for info in KINDS.values():
         reconcile = make_reconciler(info, metrics)
         for on in (kopf.on.create, kopf.on.update, kopf.on.resume):

@@ -1,0 +1,278 @@
+"""A real local control plane for development and tests: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok as local processes (kwokctl, binary runtime), with fake GPU nodes.
+
+Every binary is one this project built from Go modules (hack/build-binaries.sh); nothing is downloaded.
+Native gang scheduling (Workload/PodGroup, GenericWorkload gate) is switched on, as the roadmap needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lepton.cli.crds import generated
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
+FAKE_STAGES = Path(__file__).with_name("fake-outcome-stages.yaml")
+# 1.37: the Workload and PodGroup APIs are beta (scheduling.k8s.io/v1beta1) behind GenericWorkload.
+FEATURE_GATES = "GenericWorkload=true"
+RUNTIME_CONFIG = "scheduling.k8s.io/v1beta1=true"
+
+
+class DevClusterError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LEPTON_CACHE", Path.home() / ".cache" / "lepton"))
+
+
+def find_repo(start: Path | None = None) -> Path:
+    """The Lepton checkout holding hack/build-binaries.sh (the dev cluster is a development tool)."""
+    for d in [(start or Path.cwd()).resolve(), *(start or Path.cwd()).resolve().parents]:
+        if (d / "hack" / "build-binaries.sh").exists() and (d / "pyproject.toml").exists():
+            return d
+    here = Path(__file__).resolve()
+    for d in here.parents:
+        if (d / "hack" / "build-binaries.sh").exists():
+            return d
+    raise DevClusterError("run from a Lepton checkout: the dev cluster needs hack/build-binaries.sh")
+
+
+@dataclass(frozen=True)
+class Binaries:
+    paths: dict[str, Path]
+    kubernetes_version: str
+    stages: Path
+
+    def __getitem__(self, name: str) -> str:
+        return str(self.paths[name])
+
+    @classmethod
+    def ensure(cls, repo: Path, log: Callable[[str], None]) -> Binaries:
+        """Build what is missing (cached outside the clone) and return where every binary is."""
+        log("checking control-plane binaries (building what is missing; a cold build takes minutes)")
+        proc = subprocess.run(
+            ["bash", str(repo / "hack" / "build-binaries.sh"), "--print-env"],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise DevClusterError("hack/build-binaries.sh failed; see its output above")
+        env = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+        paths = {
+            key.removeprefix("LEPTON_BIN_").lower().replace("_", "-"): Path(value)
+            for key, value in env.items()
+            if key.startswith("LEPTON_BIN_")
+        }
+        return cls(paths, env["LEPTON_KUBERNETES_VERSION"], Path(env["LEPTON_KWOK_STAGES"]))
+
+
+def advertise_address() -> str | None:
+    """A non-loopback IPv4 address: the apiserver needs one on a machine without a default route."""
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    for addr in out.split():
+        if "." in addr and not addr.startswith("127."):
+            return addr
+    try:
+        addr = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return None
+    return None if addr.startswith("127.") else addr
+
+
+def gpu_node(name: str, gpus: int, zone: str, product: str = "NVIDIA-H100-80GB-HBM3") -> dict[str, Any]:
+    """A fake GPU node for kwok: capacity in status, GPU labels and the usual GPU taint."""
+    resources = {"cpu": "96", "memory": "1Ti", "pods": "110", "ephemeral-storage": "1Ti", GPU_RESOURCE: str(gpus)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "node.kubernetes.io/instance-type": "gpu-8x",
+                "topology.kubernetes.io/zone": zone,
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": product,
+                "nvidia.com/gpu.count": str(gpus),
+            },
+        },
+        "spec": {"taints": [GPU_TAINT]},
+        "status": {"capacity": resources, "allocatable": resources},
+    }
+
+
+class DevCluster:
+    def __init__(self, name: str = "lepton", *, log: Callable[[str], None] | None = None) -> None:
+        self.name = name
+        self.home = cache_dir() / "dev"
+        self.kubeconfig = self.home / f"{name}.kubeconfig"
+        self.log = log or (lambda msg: print(f"[dev] {msg}", file=sys.stderr, flush=True))
+        self._bins: Binaries | None = None
+
+    # --- plumbing -----------------------------------------------------------------------------
+    @property
+    def bins(self) -> Binaries:
+        if self._bins is None:
+            self._bins = Binaries.ensure(find_repo(), self.log)
+        return self._bins
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "KWOK_WORKDIR": str(self.home / "kwok"), "KUBECONFIG": str(self.kubeconfig)}
+
+    def kwokctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self.bins["kwokctl"], "--name", self.name, *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise DevClusterError(f"kwokctl {' '.join(args[:2])} failed:\n{proc.stderr[-4000:]}")
+        return proc
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self.bins["kubectl"], "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise DevClusterError(f"kubectl {' '.join(args[:3])} failed: {proc.stderr.strip()}")
+        return proc
+
+    def exists(self) -> bool:
+        out = self.kwokctl("get", "clusters", check=False).stdout.split()
+        return self.name in out
+
+    def healthy(self) -> bool:
+        if not self.kubeconfig.exists():
+            return False
+        proc = self.kubectl("get", "--raw=/readyz", "--request-timeout=3s", check=False)
+        return proc.returncode == 0 and proc.stdout.strip() == "ok"
+
+    # --- commands -----------------------------------------------------------------------------
+    def up(self, nodes: int = 4, gpus_per_node: int = 8) -> dict[str, float]:
+        """Start (or reuse) the cluster, make sure nodes and CRDs are there; returns timings."""
+        started = time.monotonic()
+        bins = self.bins
+        timings: dict[str, float] = {"binaries_s": time.monotonic() - started}
+        self.home.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        if self.healthy():
+            mode = "reused"
+        elif self.exists():
+            mode = "warm"
+            self.log(f"starting existing cluster {self.name!r}")
+            self.kwokctl("start", "cluster", "--wait", "120s")
+        else:
+            mode = "cold"
+            self.log(f"creating cluster {self.name!r} (Kubernetes {bins.kubernetes_version}, kwok)")
+            self._create()
+        timings[f"{mode}_start_s"] = time.monotonic() - t0
+        self._wait_ready()
+        t0 = time.monotonic()
+        self.ensure_nodes(nodes, gpus_per_node)
+        self.install_crds()
+        timings["nodes_and_crds_s"] = time.monotonic() - t0
+        timings["total_s"] = time.monotonic() - started
+        self.log(
+            f"cluster {self.name!r} ready ({mode} start {timings[f'{mode}_start_s']:.1f}s, "
+            f"total {timings['total_s']:.1f}s); export KUBECONFIG={self.kubeconfig}"
+        )
+        return timings
+
+    def _create(self) -> None:
+        config = self.home / f"{self.name}-kwok.yaml"
+        stages = sorted(self.bins.stages.glob("*.yaml"))
+        if not stages:
+            raise DevClusterError(f"no kwok stages in {self.bins.stages}: rerun hack/build-binaries.sh")
+        config.write_text("\n---\n".join([p.read_text() for p in stages] + [FAKE_STAGES.read_text()]))
+        args = [
+            "create", "cluster", "--runtime", "binary", "--config", str(config),
+            "--kubeconfig", str(self.kubeconfig),
+            "--etcd-binary", self.bins["etcd"],
+            "--kube-apiserver-binary", self.bins["kube-apiserver"],
+            "--kube-controller-manager-binary", self.bins["kube-controller-manager"],
+            "--kube-scheduler-binary", self.bins["kube-scheduler"],
+            "--kwok-controller-binary", self.bins["kwok"],
+            "--kube-feature-gates", FEATURE_GATES,
+            "--kube-runtime-config", RUNTIME_CONFIG,
+            "--wait", "120s",
+        ]  # fmt: skip
+        addr = advertise_address()
+        if addr:
+            args += ["--extra-args", f"kube-apiserver=advertise-address={addr}"]
+        self.kwokctl(*args)
+
+    def _wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise DevClusterError(f"apiserver of {self.name!r} not ready after {timeout:.0f}s")
+            time.sleep(0.5)
+
+    def ensure_nodes(self, nodes: int, gpus_per_node: int) -> None:
+        existing = set(self.kubectl("get", "nodes", "-o", "name").stdout.split())
+        zones = ("zone-a", "zone-b")
+        for i in range(nodes):
+            name = f"gpu-node-{i}"
+            if f"node/{name}" in existing:
+                continue
+            # POST, not apply: apply would reset the status (capacity) kwok reads.
+            manifest = json.dumps(gpu_node(name, gpus_per_node, zones[i % len(zones)]))
+            self.kubectl("create", "-f", "-", stdin=manifest)
+        self.kubectl("wait", "--for=condition=Ready", "nodes", "-l", "type=kwok", "--timeout=60s")
+
+    def install_crds(self) -> None:
+        docs = "---\n".join(generated().values())
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=leptonctl", "-f", "-", stdin=docs)
+        names = [yaml.safe_load(text)["metadata"]["name"] for text in generated().values()]
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+
+    def down(self) -> None:
+        if self.exists():
+            self.kwokctl("delete", "cluster")
+            self.log(f"cluster {self.name!r} deleted")
+        self.kubeconfig.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": self.name, "exists": self.exists(), "kubeconfig": str(self.kubeconfig)}
+        info["healthy"] = info["exists"] and self.healthy()
+        if info["healthy"]:
+            info["server_version"] = json.loads(self.kubectl("version", "-o", "json").stdout)["serverVersion"][
+                "gitVersion"
+            ]
+            info["nodes"] = self.kubectl("get", "nodes", "-o", "name").stdout.split()
+        return info
+
+    def component_versions(self) -> dict[str, str]:
+        """The version each running component reports about itself (for test logs)."""
+        out: dict[str, str] = {}
+        for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
+            proc = subprocess.run([self.bins[name], "--version"], capture_output=True, text=True, check=False)
+            out[name] = (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr) else "?"
+        return out
