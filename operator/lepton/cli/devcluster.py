@@ -96,28 +96,35 @@ def advertise_address() -> str | None:
     return None if addr.startswith("127.") else addr
 
 
-def gpu_node(name: str, gpus: int, zone: str, product: str = "NVIDIA-H100-80GB-HBM3") -> dict[str, Any]:
-    """A fake GPU node for kwok: capacity in status, GPU labels and the usual GPU taint."""
-    resources = {"cpu": "96", "memory": "1Ti", "pods": "110", "ephemeral-storage": "1Ti", GPU_RESOURCE: str(gpus)}
+def fake_node(name: str, zone: str, *, gpus: int = 0, product: str = "NVIDIA-H100-80GB-HBM3") -> dict[str, Any]:
+    """A fake node for kwok: capacity in status; GPU nodes get GPU labels and the usual GPU taint."""
+    resources = {"cpu": "96", "memory": "1Ti", "pods": "110", "ephemeral-storage": "1Ti"}
+    labels = {
+        "type": "kwok",
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "topology.kubernetes.io/zone": zone,
+    }
+    taints: list[dict[str, str]] = []
+    if gpus:
+        resources[GPU_RESOURCE] = str(gpus)
+        labels |= {
+            "node.kubernetes.io/instance-type": f"gpu-{gpus}x",
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": product,
+            "nvidia.com/gpu.count": str(gpus),
+        }
+        taints.append(GPU_TAINT)
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "name": name,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {
-                "type": "kwok",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "node.kubernetes.io/instance-type": "gpu-8x",
-                "topology.kubernetes.io/zone": zone,
-                "nvidia.com/gpu.present": "true",
-                "nvidia.com/gpu.product": product,
-                "nvidia.com/gpu.count": str(gpus),
-            },
+            "labels": labels,
         },
-        "spec": {"taints": [GPU_TAINT]},
+        "spec": {"taints": taints},
         "status": {"capacity": resources, "allocatable": resources},
     }
 
@@ -236,15 +243,16 @@ class DevCluster:
             time.sleep(0.5)
 
     def ensure_nodes(self, nodes: int, gpus_per_node: int) -> None:
+        """`nodes` GPU nodes and one CPU node for system pods (the operator), created when missing."""
         existing = set(self.kubectl("get", "nodes", "-o", "name").stdout.split())
         zones = ("zone-a", "zone-b")
-        for i in range(nodes):
-            name = f"gpu-node-{i}"
-            if f"node/{name}" in existing:
+        wanted = [fake_node("cpu-node-0", zones[0])]
+        wanted += [fake_node(f"gpu-node-{i}", zones[i % 2], gpus=gpus_per_node) for i in range(nodes)]
+        for node in wanted:
+            if f"node/{node['metadata']['name']}" in existing:
                 continue
             # POST, not apply: apply would reset the status (capacity) kwok reads.
-            manifest = json.dumps(gpu_node(name, gpus_per_node, zones[i % len(zones)]))
-            self.kubectl("create", "-f", "-", stdin=manifest)
+            self.kubectl("create", "-f", "-", stdin=json.dumps(node))
         self.kubectl("wait", "--for=condition=Ready", "nodes", "-l", "type=kwok", "--timeout=60s")
 
     def install_crds(self) -> None:
@@ -268,6 +276,18 @@ class DevCluster:
             ]
             info["nodes"] = self.kubectl("get", "nodes", "-o", "name").stdout.split()
         return info
+
+    def processes(self) -> dict[str, tuple[int, str]]:
+        """Component -> (pid, executable) of the live control-plane processes (Linux /proc)."""
+        out: dict[str, tuple[int, str]] = {}
+        for pidfile in sorted((self.home / "kwok" / "clusters" / self.name / "pids").glob("*.pid")):
+            pid = int(pidfile.read_text().strip() or 0)
+            try:
+                exe = os.readlink(f"/proc/{pid}/exe")
+            except OSError:
+                continue
+            out[pidfile.stem] = (pid, exe)
+        return out
 
     def component_versions(self) -> dict[str, str]:
         """The version each running component reports about itself (for test logs)."""

@@ -1,0 +1,40 @@
+{{- define "lepton.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lepton.serviceAccountName" -}}
+{{- default (include "lepton.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "lepton.selectorLabels" -}}
+app.kubernetes.io/name: lepton-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "lepton.labels" -}}
+{{ include "lepton.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: lepton
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Rules on Lepton's own resources: read them, patch them (kopf's annotations) and their status. */}}
+{{- define "lepton.ownRules" -}}
+- apiGroups: ["lepton.ai"]
+  resources: [datasets, trainingjobs, tuningstudies, inferenceservices]
+  verbs: [get, list, watch, patch]
+- apiGroups: ["lepton.ai"]
+  resources: [datasets/status, trainingjobs/status, tuningstudies/status, inferenceservices/status]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+- apiGroups: ["events.k8s.io"]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
