@@ -15,8 +15,11 @@ from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.settings import ANNOTATION_PREFIX, Settings
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
+def configure(settings: kopf.OperatorSettings, watch: Settings) -> None:
     """kopf's own bookkeeping in annotations under our prefix, so `status` holds only schema fields."""
+    # Watching exact namespaces needs no cluster-wide reads: kopf then neither lists namespaces nor
+    # watches CRDs, so a namespaced install holds no cluster-scoped permission at all.
+    settings.scanning.disabled = bool(watch.namespaces) and not any("*" in n or "?" in n for n in watch.namespaces)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
@@ -54,7 +57,7 @@ async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -
     registry = build_registry(metrics)
     ready = asyncio.Event()
     kopf_settings = kopf.OperatorSettings()
-    configure(kopf_settings)
+    configure(kopf_settings, settings)
 
     runner = web.AppRunner(health_app(metrics, ready), access_log=None)
     await runner.setup()

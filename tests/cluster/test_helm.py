@@ -1,0 +1,222 @@
+"""The Helm chart with the real helm binary: lint, golden `helm template` output, install into the
+real control plane, and RBAC proven by running the operator AS the chart's ServiceAccount."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lepton.cli.devcluster import DevCluster
+from tests.cluster.conftest import start_operator, stop_operator
+from tests.cluster.kube import Kube, eventually
+from tests.conftest import EXAMPLES, ROOT
+
+CHART = ROOT / "helm" / "lepton"
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("LEPTON_UPDATE_GOLDEN") == "1"
+
+
+def helm(cluster: DevCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [cluster.bins["helm"], "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args[:2])} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_helm_lint(dev_cluster: DevCluster) -> None:
+    out = helm(dev_cluster, "lint", "--strict", str(CHART)).stdout
+    assert "0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize(
+    ("golden", "values"),
+    [
+        ("default", []),
+        ("namespaced", ["--set", "rbac.scope=namespaced", "--set", "watchNamespaces={team-a,team-b}"]),
+        ("servicemonitor", ["--set", "metrics.serviceMonitor.enabled=true", "--set", "workloadImages.trainer=t:1"]),
+    ],
+)
+def test_helm_template_matches_golden(dev_cluster: DevCluster, golden: str, values: list[str]) -> None:
+    rendered = helm(
+        dev_cluster, "template", "lepton", str(CHART), "-n", "lepton-system", "--kube-version", "1.37.2", *values
+    ).stdout
+    path = GOLDEN / f"helm-{golden}.yaml"
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(rendered)
+    assert rendered == path.read_text(), f"rerun with LEPTON_UPDATE_GOLDEN=1 and review the diff of {path.name}"
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        (["--set", "rbac.scope=namespaced"], "rbac.scope=namespaced needs watchNamespaces"),
+        (["--set", "metrics.port=80"], "minimum: got 80"),
+        (["--set", "logLevel=LOUD"], "logLevel"),
+        (["--set", "watchNamespaces={Bad_NS}"], "watchNamespaces"),
+    ],
+)
+def test_bad_values_are_rejected_with_a_reason(dev_cluster: DevCluster, values: list[str], error: str) -> None:
+    proc = helm(dev_cluster, "template", "x", str(CHART), "--kube-version", "1.37.2", *values, check=False)
+    assert proc.returncode != 0 and error in proc.stderr
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == sorted(p.name for p in (ROOT / "crds").glob("*"))
+    for path in (CHART / "crds").glob("*.yaml"):
+        assert path.read_text() == (ROOT / "crds" / path.name).read_text()
+
+
+def _restricted_namespace(kube: Kube, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kube.apply({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+    })  # fmt: skip
+    return name
+
+
+@pytest.fixture(scope="module")
+def release(dev_cluster: DevCluster, kube: Kube) -> Iterator[dict[str, str]]:
+    """The chart installed into a restricted namespace; its pod runs on a kwok node."""
+    ns = _restricted_namespace(kube, "lepton-system")
+    name = f"lepton-{uuid.uuid4().hex[:4]}"
+    helm(dev_cluster, "install", name, str(CHART), "-n", ns, "--wait", "--timeout", "120s")
+    yield {"namespace": ns, "release": name, "sa": name}  # fullname = release name when it contains "lepton"
+    helm(dev_cluster, "uninstall", name, "-n", ns, "--wait", check=False)
+    kube.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_helm_install_makes_the_operator_available(kube: Kube, release: dict[str, str]) -> None:
+    deploy = kube.get("deployment", release["release"], release["namespace"])
+    assert deploy["status"].get("availableReplicas") == 1
+    pods = kube.get("pods", namespace=release["namespace"])["items"]
+    assert len(pods) == 1 and pods[0]["status"]["phase"] == "Running"
+    # Admitted by Pod Security "restricted" (the namespace enforces it).
+    assert pods[0]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def _sa_kubeconfig(dev_cluster: DevCluster, kube: Kube, release: dict[str, str], path: Path) -> Path:
+    """A kubeconfig that authenticates AS the chart's ServiceAccount (a real token, no admin rights)."""
+    token = kube.run("create", "token", release["sa"], "-n", release["namespace"], "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(dev_cluster.kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    config: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "lepton-sa", "user": {"token": token}}],
+        "contexts": [{"name": "lepton-sa", "context": {"cluster": cluster["name"], "user": "lepton-sa"}}],
+        "current-context": "lepton-sa",
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def assert_operator_does_its_job_as(kubeconfig: Path, watch: str, namespace: str, kube: Kube, tmp: Path) -> None:
+    """Run the operator with exactly the chart's configuration and credentials; every kind gets status."""
+    op = start_operator(kubeconfig, tmp / "operator.log", watch)
+    try:
+        for path in sorted(EXAMPLES.glob("*.yaml")):
+            kube.run("create", "-n", namespace, "-f", str(path))
+
+        def all_observed() -> bool:
+            items = kube.get("lepton", namespace=namespace)["items"]
+            return len(items) == 4 and all(i.get("status", {}).get("observedGeneration") == 1 for i in items)
+
+        eventually(all_observed, timeout=60, what="status on all four kinds, written as the ServiceAccount")
+        assert 'outcome="ok"' in op.metrics()
+    finally:
+        stop_operator(op)
+    log = (tmp / "operator.log").read_text()
+    assert "Forbidden" not in log and "403" not in log, log[-3000:]
+
+
+def test_operator_does_its_whole_job_as_the_charts_service_account(
+    dev_cluster: DevCluster, kube: Kube, release: dict[str, str], tmp_path: Path
+) -> None:
+    kubeconfig = _sa_kubeconfig(dev_cluster, kube, release, tmp_path / "sa.kubeconfig")
+    ns = _restricted_namespace(kube, "lepton-rbac")
+    try:
+        assert_operator_does_its_job_as(kubeconfig, "", ns, kube, tmp_path)  # cluster-wide, as the chart sets it
+    finally:
+        kube.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("list", "trainingjobs.lepton.ai", True),
+        ("patch", "trainingjobs.lepton.ai/status", True),
+        ("watch", "customresourcedefinitions.apiextensions.k8s.io", True),
+        ("create", "events", True),
+        ("update", "trainingjobs.lepton.ai", False),  # patch only: it never replaces a user's object
+        ("delete", "trainingjobs.lepton.ai", False),
+        ("create", "trainingjobs.lepton.ai", False),
+        ("get", "secrets", False),
+        ("list", "configmaps", False),
+        ("create", "pods", False),
+        ("patch", "nodes", False),
+        ("delete", "customresourcedefinitions.apiextensions.k8s.io", False),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),
+        ("impersonate", "serviceaccounts", False),
+    ],
+)
+def test_service_account_has_least_privilege(
+    kube: Kube, release: dict[str, str], verb: str, resource: str, allowed: bool
+) -> None:
+    sa = f"system:serviceaccount:{release['namespace']}:{release['sa']}"
+    proc = kube.run(
+        "auth", "can-i", verb, resource, "--as", sa, "-A" if verb != "impersonate" else "-n=default", check=False
+    )
+    assert proc.stdout.strip() == ("yes" if allowed else "no"), f"{sa} {verb} {resource}: {proc.stdout}"
+
+
+def test_namespaced_mode_confines_the_operator(dev_cluster: DevCluster, kube: Kube, tmp_path: Path) -> None:
+    ns = _restricted_namespace(kube, "lepton-ns-system")
+    team_a, team_b = _restricted_namespace(kube, "team-a"), _restricted_namespace(kube, "team-b")
+    name = f"lepton-{uuid.uuid4().hex[:4]}"
+    try:
+        helm(
+            dev_cluster,
+            "install",
+            name,
+            str(CHART),
+            "-n",
+            ns,
+            "--set",
+            "rbac.scope=namespaced",
+            "--set",
+            f"watchNamespaces={{{team_a}}}",
+            "--wait",
+            "--timeout",
+            "120s",
+        )
+        sa = f"system:serviceaccount:{ns}:{name}"
+        can = lambda *a: kube.run("auth", "can-i", *a, "--as", sa, check=False).stdout.strip()  # noqa: E731
+        assert can("patch", "trainingjobs.lepton.ai", "-n", team_a) == "yes"
+        assert can("patch", "trainingjobs.lepton.ai", "-n", team_b) == "no"
+        assert can("list", "trainingjobs.lepton.ai", "-A") == "no"
+        assert can("list", "namespaces") == "no" and can("list", "customresourcedefinitions") == "no"
+        env = kube.get("deployment", name, ns)["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "LEPTON_WATCH_NAMESPACES", "value": team_a} in env
+        release = {"namespace": ns, "release": name, "sa": name}
+        kubeconfig = _sa_kubeconfig(dev_cluster, kube, release, tmp_path / "sa.kubeconfig")
+        assert_operator_does_its_job_as(kubeconfig, team_a, team_a, kube, tmp_path)
+    finally:
+        helm(dev_cluster, "uninstall", name, "-n", ns, "--wait", check=False)
+        for n in (ns, team_a, team_b):
+            kube.run("delete", "namespace", n, "--wait=false", check=False)
