@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from lepton.api import GROUP, KINDS
+from lepton.api.validation import ManifestError, parse
 from lepton.cli.devcluster import DevCluster
 from tests.cluster.kube import Kube, KubectlError
 from tests.conftest import EXAMPLES, expected_messages
@@ -47,6 +48,11 @@ def test_invalid_example_is_rejected_with_its_message(kube: Kube, namespace: str
         kube.run("create", "-n", namespace, "--validate=strict", "-f", str(path))
     for message in expected_messages(path):
         assert message in caught.value.stderr
+    # The local validator words it exactly as the apiserver does.
+    with pytest.raises(ManifestError) as local:
+        parse(yaml.safe_load(path.read_text()))
+    for problem in local.value.problems:
+        assert problem in caught.value.stderr, (problem, caught.value.stderr)
     name = yaml.safe_load(path.read_text())["metadata"]["name"]
     assert kube.run("get", "lepton", "-n", namespace, "-o", "name").stdout.strip() == "", f"{name} was stored"
 

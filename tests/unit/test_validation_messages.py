@@ -57,8 +57,9 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_every_broken_rule_of_an_object_is_reported() -> None:
     with pytest.raises(ManifestError) as caught:
         parse(broken(minNodes=2))  # nodes is set too, and maxNodes is missing: two rules
-    (problem,) = caught.value.problems
-    assert "set one or the other" in problem and "minNodes and maxNodes go together" in problem
+    first, second = caught.value.problems
+    assert first.startswith("spec: Invalid value: nodes fixes the size")
+    assert second == "spec: Invalid value: minNodes and maxNodes go together: set both for an elastic job"
 
 
 def test_defaults_are_filled_in() -> None:

@@ -17,6 +17,8 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+RULE_SEPARATOR = "\n"  # between the messages of several broken rules of one object
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -113,7 +115,7 @@ class ApiModel(BaseModel):
         # Report every broken rule at once, as the apiserver does.
         broken = [r.message for r in type(self).rules if r.check is not None and not r.check(self)]
         if broken:
-            raise ValueError("; ".join(broken))
+            raise ValueError(RULE_SEPARATOR.join(broken))
         return self
 
     def to_wire(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from lepton.api.base import RULE_SEPARATOR
 from lepton.api.kinds import API_VERSION, KINDS, Resource
 
 
@@ -47,8 +48,17 @@ def _number(v: Any) -> Any:
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
-def describe(error: ErrorDetails) -> str:
-    """One pydantic error as the apiserver would word it."""
+def describe(error: ErrorDetails) -> list[str]:
+    """One pydantic error as the apiserver would word it (one line per broken rule)."""
+    if error["type"] == "value_error":
+        path = _path(error["loc"])
+        messages = str((error.get("ctx") or {}).get("error", error["msg"])).split(RULE_SEPARATOR)
+        # Kubernetes 1.37 words a failed CEL rule "<path>: Invalid value: <message>".
+        return [f"{path}: Invalid value: {m}" if path else m for m in messages]
+    return [_describe_one(error)]
+
+
+def _describe_one(error: ErrorDetails) -> str:
     path = _path(error["loc"])
     kind = error["type"]
     ctx: dict[str, Any] = {k: _number(v) for k, v in (error.get("ctx") or {}).items()}
@@ -57,9 +67,6 @@ def describe(error: ErrorDetails) -> str:
         return f"{path}: Required value"
     if kind == "extra_forbidden":
         return f'unknown field "{path}"'
-    if kind == "value_error":
-        msg = str(ctx.get("error", error["msg"]))
-        return f"{path}: Invalid value: {_value(given)}: {msg}" if path else msg
     if kind in ("literal_error", "enum"):
         allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         supported = ", ".join(f'"{a}"' for a in allowed)
@@ -86,6 +93,8 @@ def describe(error: ErrorDetails) -> str:
         "dict_type": "must be of type object",
         "list_type": "must be of type array",
     }
+    if kind in ("too_short", "too_long") and isinstance(given, list | dict):
+        given = len(given)  # the apiserver shows the length it counted
     if kind in words:
         return f"{path}: Invalid value: {_value(given)}: {path} in body {words[kind].format(**ctx)}"
     return f"{path}: {error['msg']}"
@@ -108,4 +117,4 @@ def parse(doc: Mapping[str, Any]) -> Resource:
     try:
         return info.model.model_validate(dict(doc))  # type: ignore[return-value]
     except ValidationError as exc:
-        raise ManifestError(where, [describe(e) for e in exc.errors(include_url=False)]) from None
+        raise ManifestError(where, [line for e in exc.errors(include_url=False) for line in describe(e)]) from None
