@@ -1,0 +1,351 @@
+"""Render a TrainingJob into its children (pure): a headless Service for the rendezvous, a PodGroup for
+gang scheduling, and one pod per node running torchrun.
+
+Why pods and not an indexed Job: a gang restart replaces every pod at once with a new rendezvous id,
+and a PodGroup (native gang scheduling) or a Kueue pod group admits exactly these pods; a Job's own
+retry logic would restart single ranks, which is what leaves other frameworks with hung jobs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lepton.api.contract import METRICS_PORT, RENDEZVOUS_PORT, TRAINER_CONFIG_ENV, TrainerConfig, TrainerData
+from lepton.api.kinds import TrainingJob
+from lepton.api.trainingjob import TrainingJobSpec
+from lepton.render.common import (
+    GPU_RESOURCE,
+    GPU_TOLERATION,
+    RESTRICTED_CONTAINER,
+    RESTRICTED_POD,
+    child_labels,
+    owner_reference,
+)
+
+COMPONENT = "trainer"
+SHM_PER_GPU_GI = 8  # NCCL's shared-memory transport; /dev/shm defaults to 64Mi in a container
+MOUNT_ROOT = "/mnt/pvc"
+# Defaults a user overrides through spec.env (the user's value wins).
+TORCH_ENV = {
+    "NCCL_DEBUG": "WARN",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    "TORCH_NCCL_BLOCKING_WAIT": "0",
+    "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+    "HOME": "/tmp/home",
+    "HF_HOME": "/tmp/hf",
+    "TRITON_CACHE_DIR": "/tmp/triton",
+}
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    trainer_image: str = "lepton/trainer:0.1.0"
+    gang_scheduling: bool = True  # the cluster serves scheduling.k8s.io/v1beta1 PodGroups
+    termination_grace_seconds: int = 60  # time for the last checkpoint to reach storage
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """References the controller resolved to concrete locations (another job's output, a Dataset)."""
+
+    model_uri: str | None = None
+    data_uri: str | None = None
+    teacher_uri: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def rendezvous_id(uid: str, attempt: int) -> str:
+    """Unique per gang attempt: torchrun never joins a rendezvous of an earlier, failed gang."""
+    return f"{uid[:8]}-{attempt}"
+
+
+def pod_name(job: str, attempt: int, index: int) -> str:
+    return f"{job}-{attempt}-{index}"
+
+
+def pod_group_name(job: str, attempt: int) -> str:
+    return f"{job}-gang-{attempt}"
+
+
+def node_counts(spec: TrainingJobSpec) -> tuple[int, int]:
+    """(pods to create, pods that must run together): elastic jobs start max and need min."""
+    if spec.nodes is not None:
+        return spec.nodes, spec.nodes
+    assert spec.min_nodes is not None and spec.max_nodes is not None  # guaranteed by the API rules
+    return spec.max_nodes, spec.min_nodes
+
+
+def procs_per_node(spec: TrainingJobSpec) -> int:
+    return spec.procs_per_node or max(spec.gpus_per_node, 1)
+
+
+def backend(spec: TrainingJobSpec) -> Literal["nccl", "gloo"]:
+    if spec.backend != "auto":
+        return spec.backend
+    return "nccl" if spec.gpus_per_node > 0 else "gloo"
+
+
+class _Mounts:
+    """PersistentVolumeClaims used by the job, each mounted once under /mnt/pvc/<claim>."""
+
+    def __init__(self) -> None:
+        self.claims: dict[str, bool] = {}  # claim -> read-only
+
+    def path(self, claim: str, sub: str, read_only: bool) -> str:
+        self.claims[claim] = self.claims.get(claim, True) and read_only
+        return f"{MOUNT_ROOT}/{claim}/{sub}".rstrip("/")
+
+    def volumes(self) -> list[dict[str, Any]]:
+        return [
+            {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": ro}}
+            for i, (c, ro) in enumerate(sorted(self.claims.items()))
+        ]
+
+    def volume_mounts(self) -> list[dict[str, Any]]:
+        return [
+            {"name": f"pvc-{i}", "mountPath": f"{MOUNT_ROOT}/{c}", "readOnly": ro}
+            for i, (c, ro) in enumerate(sorted(self.claims.items()))
+        ]
+
+
+def _strip_file(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def trainer_config(job: TrainingJob, resolved: Resolved, mounts: _Mounts) -> TrainerConfig:
+    spec = job.spec
+    model = spec.model
+    if resolved.model_uri:
+        model_path = _strip_file(resolved.model_uri)
+    elif model.pvc is not None:
+        model_path = mounts.path(model.pvc.claim_name, model.pvc.path, read_only=True)
+    elif model.hub is not None:
+        model_path = model.hub.id
+    else:
+        model_path = _strip_file(model.uri or "")
+    data = spec.data
+    if resolved.data_uri:
+        data_path = _strip_file(resolved.data_uri)
+    elif data.pvc is not None:
+        data_path = mounts.path(data.pvc.claim_name, data.pvc.path, read_only=True)
+    else:
+        data_path = _strip_file(data.uri or "")
+    out = spec.output
+    output_dir = mounts.path(out.pvc.claim_name, out.pvc.path, False) if out.pvc else _strip_file(out.uri or "")
+    ckpt = spec.checkpoint.location
+    if ckpt is None:
+        checkpoint_dir = f"{output_dir}/checkpoints"
+    elif ckpt.pvc is not None:
+        checkpoint_dir = mounts.path(ckpt.pvc.claim_name, ckpt.pvc.path, read_only=False)
+    else:
+        checkpoint_dir = _strip_file(ckpt.uri or "")
+    return TrainerConfig(
+        job=f"{job.metadata.namespace or 'default'}/{job.metadata.name}",
+        task=spec.task,
+        model_path=model_path,
+        init=model.init,
+        num_labels=model.num_labels,
+        data=TrainerData(
+            path=data_path,
+            format=data.format,
+            text_field=data.text_field,
+            label_field=data.label_field,
+            validation_fraction=data.validation_fraction,
+        ),
+        hyperparameters=spec.hyperparameters,
+        backend=backend(spec),
+        strategy=spec.strategy,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every_steps=spec.checkpoint.every_steps,
+        checkpoint_keep=spec.checkpoint.keep,
+        resume=spec.checkpoint.resume,
+        output_dir=output_dir,
+        distillation=spec.distillation,
+        teacher_path=_strip_file(resolved.teacher_uri) if resolved.teacher_uri else None,
+        quantization=spec.export.quantization,
+    )
+
+
+def torchrun_command(job: TrainingJob, attempt: int, service: str) -> list[str]:
+    spec = job.spec
+    total, minimum = node_counts(spec)
+    nnodes = str(total) if total == minimum else f"{minimum}:{total}"
+    namespace = job.metadata.namespace or "default"
+    return [
+        "torchrun",
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={procs_per_node(spec)}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={job.metadata.name}-0.{service}.{namespace}.svc:{RENDEZVOUS_PORT}",
+        f"--rdzv-id={rendezvous_id(job.metadata.uid or job.metadata.name, attempt)}",
+        "--max-restarts=0",  # the operator restarts the whole gang, never single ranks
+        "-m",
+        "lepton.workloads.trainer",
+    ]
+
+
+def _env(job: TrainingJob, config: TrainerConfig, resolved: Resolved) -> list[dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {k: {"name": k, "value": v} for k, v in TORCH_ENV.items()}
+    merged[TRAINER_CONFIG_ENV] = {"name": TRAINER_CONFIG_ENV, "value": json.dumps(config.to_wire(), sort_keys=True)}
+    for k, v in resolved.extra_env.items():
+        merged[k] = {"name": k, "value": v}
+    hub = job.spec.model.hub
+    if hub is not None and hub.token_secret_ref is not None:
+        ref = hub.token_secret_ref
+        merged["HF_TOKEN"] = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    for var in job.spec.env:  # the user's settings win
+        merged[var.name] = var.to_wire()
+    return list(merged.values())
+
+
+def _resources(spec: TrainingJobSpec) -> dict[str, Any]:
+    requests: dict[str, Any] = dict(spec.resources.requests)
+    limits: dict[str, Any] = dict(spec.resources.limits)
+    if spec.gpus_per_node:
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(spec.gpus_per_node)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = {k: str(v) for k, v in requests.items()}
+    if limits:
+        out["limits"] = {k: str(v) for k, v in limits.items()}
+    return out
+
+
+def render_service(job: TrainingJob) -> dict[str, Any]:
+    name = job.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": job.metadata.namespace,
+            "labels": child_labels(job, COMPONENT),
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # ranks meet before any of them is ready
+            "selector": {"lepton.ai/kind": "TrainingJob", "lepton.ai/name": name},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def render_pod_group(job: TrainingJob, attempt: int) -> dict[str, Any]:
+    _, minimum = node_counts(job.spec)
+    spec: dict[str, Any] = {"schedulingPolicy": {"gang": {"minCount": minimum}}}
+    if job.spec.scheduling.priority_class_name:
+        spec["priorityClassName"] = job.spec.scheduling.priority_class_name
+    return {
+        "apiVersion": "scheduling.k8s.io/v1beta1",
+        "kind": "PodGroup",
+        "metadata": {
+            "name": pod_group_name(job.metadata.name, attempt),
+            "namespace": job.metadata.namespace,
+            "labels": child_labels(job, COMPONENT) | {"lepton.ai/attempt": str(attempt)},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": spec,
+    }
+
+
+def render_pod(
+    job: TrainingJob, attempt: int, index: int, settings: RenderSettings, resolved: Resolved | None = None
+) -> dict[str, Any]:
+    resolved = resolved or Resolved()
+    spec = job.spec
+    name = job.metadata.name
+    total, minimum = node_counts(spec)
+    mounts = _Mounts()
+    config = trainer_config(job, resolved, mounts)
+    labels = child_labels(job, COMPONENT) | {"lepton.ai/attempt": str(attempt), "lepton.ai/node-index": str(index)}
+    annotations: dict[str, str] = {"lepton.ai/rendezvous-id": rendezvous_id(job.metadata.uid or name, attempt)}
+    gates: list[dict[str, str]] = []
+    if spec.scheduling.queue_name:
+        # Kueue's plain-pod integration admits the group as one workload.
+        labels |= {
+            "kueue.x-k8s.io/queue-name": spec.scheduling.queue_name,
+            "kueue.x-k8s.io/pod-group-name": pod_group_name(name, attempt),
+        }
+        annotations["kueue.x-k8s.io/pod-group-total-count"] = str(total)
+        # Created suspended: nothing schedules until Kueue admits the group and lifts the gate.
+        gates = [{"name": "kueue.x-k8s.io/admission"}]
+    shm = f"{max(spec.gpus_per_node, 1) * SHM_PER_GPU_GI}Gi" if spec.gpus_per_node else "1Gi"
+    container: dict[str, Any] = {
+        "name": COMPONENT,
+        "image": spec.image or settings.trainer_image,
+        "command": torchrun_command(job, attempt, name),
+        "env": _env(job, config, resolved),
+        "ports": [
+            {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
+        "resources": _resources(spec),
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+            *mounts.volume_mounts(),
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "hostname": f"{name}-{index}",
+        "subdomain": name,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,  # the trainer never talks to the API
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": RESTRICTED_POD,
+        "containers": [container],
+        "volumes": [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
+            *mounts.volumes(),
+        ],
+    }
+    if gates:
+        pod_spec["schedulingGates"] = gates
+    if settings.gang_scheduling and minimum > 1 and not spec.scheduling.queue_name:
+        pod_spec["schedulingGroup"] = {"podGroupName": pod_group_name(name, attempt)}
+    tolerations = [t.to_wire() for t in spec.scheduling.tolerations]
+    if spec.gpus_per_node:
+        tolerations.insert(0, GPU_TOLERATION)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(name, attempt, index),
+            "namespace": job.metadata.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def render(
+    job: TrainingJob, attempt: int, settings: RenderSettings, resolved: Resolved | None = None
+) -> list[dict[str, Any]]:
+    """Every child of one gang attempt, in creation order (Service, PodGroup, pods). A suspended job
+    keeps only its Service; with a Kueue queue, Kueue's pod group replaces the native one."""
+    total, minimum = node_counts(job.spec)
+    children = [render_service(job)]
+    if job.spec.suspend:
+        return children
+    if settings.gang_scheduling and minimum > 1 and not job.spec.scheduling.queue_name:
+        children.append(render_pod_group(job, attempt))
+    children += [render_pod(job, attempt, i, settings, resolved) for i in range(total)]
+    return children
+
+
+__all__ = ["RenderSettings", "Resolved", "render", "render_pod", "rendezvous_id"]

@@ -1,0 +1,132 @@
+"""TrainingJob rendering, golden-tested: the exact children for each shape of job, plus the
+properties every rendered pod must have whatever the shape."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import pytest
+import yaml
+
+from lepton.api.contract import TRAINER_CONFIG_ENV, TrainerConfig
+from lepton.api.validation import parse
+from lepton.render.trainingjob import RenderSettings, render
+from tests.conftest import EXAMPLES
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+UPDATE = os.environ.get("LEPTON_UPDATE_GOLDEN") == "1"
+BASE = yaml.safe_load((EXAMPLES / "trainingjob.yaml").read_text())
+
+
+def job(**spec: Any) -> Any:
+    doc = copy.deepcopy(BASE)
+    doc["metadata"] = {"name": "llm", "namespace": "team-a", "uid": "0f3c9a51-7d2e-4c1b-9a77-5be2c0d1e2f3"}
+    doc["spec"]["data"] = {"pvc": {"claimName": "datasets", "path": "tickets/v1"}}
+    for key, value in spec.items():
+        if value is None:
+            doc["spec"].pop(key, None)
+        else:
+            doc["spec"][key] = value
+    return parse(doc)
+
+
+CASES = {
+    "single-node": dict(nodes=1, gpusPerNode=8),
+    "multi-node": dict(nodes=2, gpusPerNode=8),
+    "elastic": dict(nodes=None, minNodes=2, maxNodes=4, gpusPerNode=8),
+    "suspended": dict(nodes=2, suspend=True),
+    "kueue-queued": dict(nodes=2, scheduling={"queueName": "team-a", "priorityClassName": "training"}),
+    "cpu-gloo": dict(nodes=2, gpusPerNode=0, procsPerNode=2, resources={"requests": {"cpu": "2"}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_render_matches_golden(case: str) -> None:
+    rendered = render(job(**CASES[case]), attempt=3, settings=RenderSettings())
+    text = yaml.safe_dump_all(rendered, sort_keys=True, width=120)
+    path = os.path.join(GOLDEN, f"trainingjob-{case}.yaml")
+    if UPDATE:
+        with open(path, "w") as fh:
+            fh.write(text)
+    with open(path) as fh:
+        assert text == fh.read(), f"rerun with LEPTON_UPDATE_GOLDEN=1 and review {path}"
+
+
+def pods(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in children if c["kind"] == "Pod"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_pod_is_restricted_owned_and_labelled(case: str) -> None:
+    children = render(job(**CASES[case]), attempt=0, settings=RenderSettings())
+    for child in children:
+        ref = child["metadata"]["ownerReferences"][0]
+        assert ref["kind"] == "TrainingJob" and ref["controller"] is True and ref["name"] == "llm"
+        assert child["metadata"]["labels"]["lepton.ai/name"] == "llm"
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "lepton-operator"
+    for pod in pods(children):
+        sc = pod["spec"]["securityContext"]
+        assert sc["runAsNonRoot"] and sc["seccompProfile"]["type"] == "RuntimeDefault"
+        (container,) = pod["spec"]["containers"]
+        csc = container["securityContext"]
+        assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"]
+        assert pod["spec"]["restartPolicy"] == "Never" and pod["spec"]["automountServiceAccountToken"] is False
+        config = next(e["value"] for e in container["env"] if e["name"] == TRAINER_CONFIG_ENV)
+        TrainerConfig.model_validate_json(config)  # the workload can read what the operator wrote
+
+
+@pytest.mark.parametrize(
+    ("spec", "nnodes", "pod_count", "min_count"),
+    [
+        (dict(nodes=1), "1", 1, None),
+        (dict(nodes=4), "4", 4, 4),
+        (dict(nodes=None, minNodes=2, maxNodes=3), "2:3", 3, 2),
+    ],
+)
+def test_gang_and_torchrun_sizes(spec: dict[str, Any], nnodes: str, pod_count: int, min_count: int | None) -> None:
+    children = render(job(**spec), attempt=1, settings=RenderSettings())
+    groups = [c for c in children if c["kind"] == "PodGroup"]
+    assert [g["spec"]["schedulingPolicy"]["gang"]["minCount"] for g in groups] == ([min_count] if min_count else [])
+    assert len(pods(children)) == pod_count
+    for pod in pods(children):
+        command = pod["spec"]["containers"][0]["command"]
+        assert f"--nnodes={nnodes}" in command and "--rdzv-backend=c10d" in command
+        assert "--rdzv-endpoint=llm-0.llm.team-a.svc:29500" in command
+        if min_count:
+            assert pod["spec"]["schedulingGroup"] == {"podGroupName": "llm-gang-1"}
+
+
+def test_rendezvous_id_changes_with_every_gang_attempt() -> None:
+    ids = {
+        pod["metadata"]["annotations"]["lepton.ai/rendezvous-id"]
+        for attempt in range(3)
+        for pod in pods(render(job(nodes=2), attempt=attempt, settings=RenderSettings()))
+    }
+    assert len(ids) == 3
+
+
+def test_user_env_overrides_defaults_and_secrets_stay_references() -> None:
+    children = render(
+        job(nodes=1, env=[{"name": "NCCL_DEBUG", "value": "INFO"},
+                          {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}}]),
+        attempt=0, settings=RenderSettings(),
+    )  # fmt: skip
+    env = {e["name"]: e for e in pods(children)[0]["spec"]["containers"][0]["env"]}
+    assert env["NCCL_DEBUG"]["value"] == "INFO"
+    assert env["WANDB_API_KEY"] == {
+        "name": "WANDB_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}},
+    }
+    assert "wandb" not in env[TRAINER_CONFIG_ENV]["value"]
+
+
+def test_gpu_pods_get_limits_toleration_and_shared_memory() -> None:
+    pod = pods(render(job(nodes=1, gpusPerNode=4), attempt=0, settings=RenderSettings()))[0]
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    shm = next(v for v in pod["spec"]["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    assert "--nproc-per-node=4" in container["command"]
