@@ -167,6 +167,19 @@ class TrainingJobSpec(JobLifecycle):
     export: ExportSpec = Field(default_factory=ExportSpec, description="Post-processing of the final model.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Queue, priority and placement.")
 
+    def node_counts(self) -> tuple[int, int]:
+        """(pods to create, pods that must run together): an elastic job starts max and needs min."""
+        if self.nodes is not None:
+            return self.nodes, self.nodes
+        if self.min_nodes is None or self.max_nodes is None:
+            raise ValueError("set nodes, or minNodes and maxNodes for an elastic job")
+        return self.max_nodes, self.min_nodes
+
+
+def pod_name(job: str, attempt: int, index: int) -> str:
+    """Pods are named per gang attempt, so a new gang never waits for the old one's names."""
+    return f"{job}-{attempt}-{index}"
+
 
 class Progress(ApiModel):
     """Training progress as last reported by rank 0."""
@@ -180,6 +193,17 @@ class Progress(ApiModel):
     eta_seconds: int | None = Field(default=None, description="Estimated seconds to completion.")
 
 
+class Failure(ApiModel):
+    """Why one gang attempt ended, as the pod reported it."""
+
+    attempt: int = Field(description="Gang attempt (0 for the first).")
+    pod: str = Field(description="The pod that failed first.")
+    reason: str = Field(description="OOMKilled, Error, Unschedulable, ImagePullBackOff, …")
+    exit_code: int | None = Field(default=None, description="Container exit code, when it ran.")
+    message: str = Field(default="", description="Details from the pod or the scheduler.")
+    time: str = Field(description="When the failure was observed.")
+
+
 class TrainingJobStatus(CommonStatus):
     ready: str | None = Field(default=None, description="Nodes running / nodes wanted, e.g. '2/2'.")
     restarts: int = Field(default=0, description="Gang restarts so far.")
@@ -189,3 +213,12 @@ class TrainingJobStatus(CommonStatus):
     progress: Progress | None = Field(default=None, description="Training progress.")
     latest_checkpoint: str | None = Field(default=None, description="Location of the newest checkpoint.")
     output_model: str | None = Field(default=None, description="Location of the final model once written.")
+    failures: list[Failure] = Field(
+        default_factory=list, max_length=20, description="Recent rank failures, oldest first (the first is kept)."
+    )
+    next_attempt_time: str | None = Field(
+        default=None, description="When the next gang attempt starts (exponential backoff after a failure)."
+    )
+    active_seconds: int | None = Field(
+        default=None, description="Seconds the job has run, suspended time excluded (for the deadline)."
+    )

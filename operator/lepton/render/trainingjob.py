@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from lepton.api.contract import METRICS_PORT, RENDEZVOUS_PORT, TRAINER_CONFIG_ENV, TrainerConfig, TrainerData
 from lepton.api.kinds import TrainingJob
-from lepton.api.trainingjob import TrainingJobSpec
+from lepton.api.trainingjob import TrainingJobSpec, pod_name
 from lepton.render.common import (
     GPU_RESOURCE,
     GPU_TOLERATION,
@@ -62,20 +62,8 @@ def rendezvous_id(uid: str, attempt: int) -> str:
     return f"{uid[:8]}-{attempt}"
 
 
-def pod_name(job: str, attempt: int, index: int) -> str:
-    return f"{job}-{attempt}-{index}"
-
-
 def pod_group_name(job: str, attempt: int) -> str:
     return f"{job}-gang-{attempt}"
-
-
-def node_counts(spec: TrainingJobSpec) -> tuple[int, int]:
-    """(pods to create, pods that must run together): elastic jobs start max and need min."""
-    if spec.nodes is not None:
-        return spec.nodes, spec.nodes
-    assert spec.min_nodes is not None and spec.max_nodes is not None  # guaranteed by the API rules
-    return spec.max_nodes, spec.min_nodes
 
 
 def procs_per_node(spec: TrainingJobSpec) -> int:
@@ -171,7 +159,7 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: _Mounts) -> Tra
 
 def torchrun_command(job: TrainingJob, attempt: int, service: str) -> list[str]:
     spec = job.spec
-    total, minimum = node_counts(spec)
+    total, minimum = spec.node_counts()
     nnodes = str(total) if total == minimum else f"{minimum}:{total}"
     namespace = job.metadata.namespace or "default"
     return [
@@ -235,7 +223,7 @@ def render_service(job: TrainingJob) -> dict[str, Any]:
 
 
 def render_pod_group(job: TrainingJob, attempt: int) -> dict[str, Any]:
-    _, minimum = node_counts(job.spec)
+    _, minimum = job.spec.node_counts()
     spec: dict[str, Any] = {"schedulingPolicy": {"gang": {"minCount": minimum}}}
     if job.spec.scheduling.priority_class_name:
         spec["priorityClassName"] = job.spec.scheduling.priority_class_name
@@ -258,7 +246,7 @@ def render_pod(
     resolved = resolved or Resolved()
     spec = job.spec
     name = job.metadata.name
-    total, minimum = node_counts(spec)
+    total, minimum = spec.node_counts()
     mounts = _Mounts()
     config = trainer_config(job, resolved, mounts)
     labels = child_labels(job, COMPONENT) | {"lepton.ai/attempt": str(attempt), "lepton.ai/node-index": str(index)}
@@ -338,7 +326,7 @@ def render(
 ) -> list[dict[str, Any]]:
     """Every child of one gang attempt, in creation order (Service, PodGroup, pods). A suspended job
     keeps only its Service; with a Kueue queue, Kueue's pod group replaces the native one."""
-    total, minimum = node_counts(job.spec)
+    total, minimum = job.spec.node_counts()
     children = [render_service(job)]
     if job.spec.suspend:
         return children

@@ -1,0 +1,249 @@
+"""TrainingJob status and gang decisions, computed purely from the job and the pods observed.
+
+`decide` answers two questions at once: what the status is, and which pods should exist. The
+controller only carries out the answer (create the missing pods of the current attempt, delete the
+rest), so every rule of the lifecycle lives here and is table-tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from lepton.api.conditions import ConditionType, Reason, set_condition
+from lepton.api.kinds import TrainingJob
+from lepton.api.trainingjob import Failure, TrainingJobStatus, pod_name
+
+PENDING, STARTING, RUNNING, RESTARTING = "Pending", "Starting", "Running", "Restarting"
+SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
+TERMINAL = (SUCCEEDED, FAILED)
+STALLING_WAIT_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError")
+
+
+def rfc3339(t: datetime) -> str:
+    return t.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the lifecycle needs to know of one pod."""
+
+    name: str
+    attempt: int
+    phase: str
+    created: datetime | None = None
+    scheduled: bool = False
+    unschedulable: str | None = None
+    waiting_reason: str | None = None
+    waiting_message: str = ""
+    terminated_reason: str | None = None
+    exit_code: int | None = None
+    message: str = ""
+    deleting: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (SUCCEEDED, FAILED)
+
+    @classmethod
+    def of(cls, pod: Mapping[str, Any]) -> PodView:
+        meta, status = pod.get("metadata", {}), pod.get("status", {})
+        scheduled, unschedulable = False, None
+        for cond in status.get("conditions", []):
+            if cond.get("type") == "PodScheduled":
+                scheduled = cond.get("status") == "True"
+                if cond.get("reason") == "Unschedulable":
+                    unschedulable = cond.get("message", "")
+        waiting_reason = waiting_message = terminated_reason = None
+        exit_code = None
+        for cs in status.get("containerStatuses", []):
+            state = cs.get("state", {})
+            if "waiting" in state and state["waiting"].get("reason") not in (None, "ContainerCreating"):
+                waiting_reason, waiting_message = state["waiting"].get("reason"), state["waiting"].get("message", "")
+            term = state.get("terminated")
+            if term and (terminated_reason is None or term.get("exitCode", 0) != 0):  # a failing container wins
+                terminated_reason, exit_code = term.get("reason") or "Error", term.get("exitCode")
+        return cls(
+            name=meta.get("name", ""),
+            attempt=int(meta.get("labels", {}).get("lepton.ai/attempt", "0")),
+            phase=status.get("phase", PENDING),
+            created=parse_time(meta.get("creationTimestamp")),
+            scheduled=scheduled or bool(pod.get("spec", {}).get("nodeName")),
+            unschedulable=unschedulable,
+            waiting_reason=waiting_reason,
+            waiting_message=waiting_message or "",
+            terminated_reason=terminated_reason,
+            exit_code=exit_code,
+            message=status.get("message", "") or status.get("reason", ""),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: TrainingJobStatus
+    attempt: int
+    create: bool  # make sure every pod of `attempt` exists
+    keep: frozenset[str]  # pods that may stay; the controller deletes every other pod of the job
+    requeue_after: float | None = None  # look again then, even if nothing changes
+
+
+def backoff_seconds(restarts: int, base: float = 10.0, cap: float = 300.0) -> float:
+    """10 s, 20 s, 40 s, … up to 5 min: time for a node or a flaky dependency to recover."""
+    return float(min(cap, base * 2 ** max(restarts - 1, 0)))
+
+
+class _Conditions:
+    def __init__(self, status: TrainingJobStatus, generation: int, now: str) -> None:
+        self.status, self.generation, self.now = status, generation, now
+
+    def set(self, type_: str, value: bool, reason: str, message: str = "") -> None:
+        conds = set_condition(
+            self.status.conditions, type_, "True" if value else "False", reason, message,
+            observed_generation=self.generation, now=self.now,
+        )  # fmt: skip
+        self.status = self.status.model_copy(update={"conditions": conds})
+
+    def story(self, *, ready: bool, reconciling: bool, stalled: bool, reason: str, message: str) -> None:
+        self.set(ConditionType.READY, ready, reason, message)
+        self.set(ConditionType.RECONCILING, reconciling, reason, message if reconciling else "")
+        self.set(ConditionType.STALLED, stalled, reason, message if stalled else "")
+
+
+def _first_failure(pods: Sequence[PodView], attempt: int, now: datetime) -> Failure | None:
+    failed = [p for p in pods if p.phase == FAILED]
+    if not failed:
+        return None
+    pod = min(failed, key=lambda p: (p.created or now, p.name))
+    reason = pod.terminated_reason or "Error"
+    message = pod.message or (f"exit code {pod.exit_code}" if pod.exit_code is not None else "")
+    return Failure(attempt=attempt, pod=pod.name, reason=reason, exit_code=pod.exit_code, message=message,
+                   time=rfc3339(now))  # fmt: skip
+
+
+def decide(job: TrainingJob, pods: Sequence[PodView], now: datetime, backoff_base: float = 10.0) -> Decision:
+    spec, previous = job.spec, job.status
+    generation = int(job.metadata.generation or 0)
+    total, minimum = spec.node_counts()
+    attempt = previous.restarts
+    names = frozenset(pod_name(job.metadata.name, attempt, i) for i in range(total))
+    current = [p for p in pods if p.attempt == attempt and not p.deleting]
+    status = previous.model_copy(update={"observed_generation": generation})
+    c = _Conditions(status, generation, rfc3339(now))
+
+    def done(phase: str, *, create: bool, keep: frozenset[str], requeue: float | None = None) -> Decision:
+        running = sum(p.phase == RUNNING for p in current)
+        st = c.status.model_copy(update={"phase": phase, "ready": f"{running if create else 0}/{minimum}"})
+        return Decision(st, attempt, create, keep, requeue)
+
+    # Finished jobs keep their finished pods (for logs) and nothing else.
+    if previous.phase in TERMINAL:
+        return done(previous.phase, create=False, keep=frozenset(p.name for p in current if p.finished))
+
+    # Time spent running so far, suspended time excluded.
+    started = parse_time(previous.start_time)
+    active = (previous.active_seconds or 0) + (int((now - started).total_seconds()) if started else 0)
+
+    if spec.suspend:
+        c.set(ConditionType.SUSPENDED, True, Reason.SUSPENDED, "Pods deleted; checkpoints kept. Set suspend: false")
+        c.story(ready=False, reconciling=False, stalled=False, reason=Reason.SUSPENDED, message="Suspended")
+        c.status = c.status.model_copy(update={"active_seconds": active if started else previous.active_seconds,
+                                               "start_time": None})  # fmt: skip
+        return done(SUSPENDED, create=False, keep=frozenset())
+    if any(cd.type == ConditionType.SUSPENDED and cd.status == "True" for cd in previous.conditions):
+        c.set(ConditionType.SUSPENDED, False, "Resumed", "Resumed from the latest checkpoint")
+
+    def fail(reason: str, message: str) -> Decision:
+        c.set(ConditionType.FAILED, True, reason, message)
+        c.set(ConditionType.SUCCEEDED, False, reason, message)
+        c.story(ready=False, reconciling=False, stalled=False, reason=reason, message=message)
+        c.status = c.status.model_copy(update={"completion_time": rfc3339(now), "next_attempt_time": None})
+        return done(FAILED, create=False, keep=frozenset(p.name for p in current if p.finished))
+
+    if spec.active_deadline_seconds is not None and active > spec.active_deadline_seconds:
+        return fail(Reason.DEADLINE_EXCEEDED, f"Running for {active}s, past activeDeadlineSeconds "
+                                              f"({spec.active_deadline_seconds}s)")  # fmt: skip
+
+    failure = _first_failure(current, attempt, now)
+    if failure is not None:
+        failures = [*previous.failures, failure][-20:]
+        if previous.failures:  # keep the very first failure: it is usually the cause
+            failures = [previous.failures[0], *failures[-19:]] if failures[0] != previous.failures[0] else failures
+        c.status = c.status.model_copy(update={"failures": failures})
+        detail = f"{failure.pod}: {failure.reason}" + (f" (exit code {failure.exit_code})"
+                                                       if failure.exit_code is not None else "")  # fmt: skip
+        if attempt >= spec.backoff_limit:
+            first = failures[0]
+            return fail(Reason.BACKOFF_LIMIT_EXCEEDED,
+                        f"{attempt + 1} attempts failed (backoffLimit {spec.backoff_limit}); first failure: "
+                        f"{first.pod}: {first.reason}" + (f" (exit code {first.exit_code})"
+                                                          if first.exit_code is not None else ""))  # fmt: skip
+        wait = backoff_seconds(attempt + 1, backoff_base)
+        c.story(ready=False, reconciling=True, stalled=False, reason=failure.reason,
+                message=f"Rank failed, restarting the whole gang in {wait:.0f}s: {detail}")  # fmt: skip
+        c.status = c.status.model_copy(update={
+            "restarts": attempt + 1,
+            "next_attempt_time": rfc3339(now + timedelta(seconds=wait)),
+            "active_seconds": active if started else previous.active_seconds,
+            "start_time": None,
+        })  # fmt: skip
+        return Decision(c.status.model_copy(update={"phase": RESTARTING, "ready": f"0/{minimum}"}),
+                        attempt + 1, False, frozenset(), wait)  # fmt: skip
+
+    next_attempt = parse_time(previous.next_attempt_time)
+    if next_attempt is not None and now < next_attempt:
+        return done(RESTARTING, create=False, keep=frozenset(), requeue=(next_attempt - now).total_seconds())
+    c.status = c.status.model_copy(update={"next_attempt_time": None})
+
+    succeeded = [p for p in current if p.phase == SUCCEEDED]
+    if current and len(succeeded) >= minimum and all(p.finished for p in current):
+        c.set(ConditionType.SUCCEEDED, True, Reason.SUCCEEDED, f"All {len(succeeded)} nodes finished")
+        c.set(ConditionType.FAILED, False, Reason.SUCCEEDED)
+        c.story(ready=False, reconciling=False, stalled=False, reason=Reason.SUCCEEDED, message="Training finished")
+        c.status = c.status.model_copy(update={"completion_time": rfc3339(now)})
+        return done(SUCCEEDED, create=False, keep=frozenset(p.name for p in current))
+
+    stalled_pod = next((p for p in current if p.waiting_reason in STALLING_WAIT_REASONS), None)
+    unschedulable = next((p for p in current if p.unschedulable is not None and not p.scheduled), None)
+    created = min((p.created for p in current if p.created), default=None)
+    running = [p for p in current if p.phase in (RUNNING, SUCCEEDED)]
+    if len(running) >= minimum and len(current) >= minimum:
+        if not started:
+            c.status = c.status.model_copy(update={"start_time": rfc3339(now)})
+        c.story(ready=True, reconciling=False, stalled=False, reason="Running",
+                message=f"{len(running)} of {total} nodes running")  # fmt: skip
+        return done(RUNNING, create=True, keep=names)
+
+    if spec.startup_deadline_seconds is not None and created is not None:
+        waited = (now - created).total_seconds()
+        if waited > spec.startup_deadline_seconds:
+            if unschedulable is not None:
+                reason, text = str(Reason.UNSCHEDULABLE), unschedulable.unschedulable or ""
+            elif stalled_pod is not None:
+                reason, text = str(stalled_pod.waiting_reason), stalled_pod.waiting_message
+            else:
+                reason, text = "StartupDeadlineExceeded", ""
+            return fail(reason, f"Not all pods running after {waited:.0f}s (startupDeadlineSeconds "
+                                f"{spec.startup_deadline_seconds}): {text}".rstrip(": "))  # fmt: skip
+    if stalled_pod is not None:
+        c.story(ready=False, reconciling=False, stalled=True, reason=str(stalled_pod.waiting_reason),
+                message=f"{stalled_pod.name}: {stalled_pod.waiting_message}".rstrip(": "))  # fmt: skip
+        return done(STARTING, create=True, keep=names)
+    if unschedulable is not None:
+        c.story(ready=False, reconciling=True, stalled=False, reason=Reason.UNSCHEDULABLE,
+                message=f"No pod starts until all {minimum} fit: {unschedulable.unschedulable}")  # fmt: skip
+        return done(PENDING, create=True, keep=names)
+    scheduled = sum(p.scheduled for p in current)
+    if current and scheduled >= minimum:
+        c.story(ready=False, reconciling=True, stalled=False, reason="Starting",
+                message=f"{len(running)} of {total} nodes running")  # fmt: skip
+        return done(STARTING, create=True, keep=names)
+    c.story(ready=False, reconciling=True, stalled=False, reason=Reason.PENDING,
+            message=f"Waiting for {minimum} nodes to be scheduled together ({scheduled} scheduled)")  # fmt: skip
+    return done(PENDING, create=True, keep=names)

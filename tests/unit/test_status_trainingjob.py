@@ -1,0 +1,230 @@
+"""TrainingJob lifecycle as a table: observed pods (and time) in, phase, reason and gang decision out."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import yaml
+
+from lepton.api.conditions import get_condition
+from lepton.api.kinds import TrainingJob
+from lepton.api.validation import parse
+from lepton.status.trainingjob import PodView, backoff_seconds, decide
+from tests.conftest import EXAMPLES
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+BASE = yaml.safe_load((EXAMPLES / "trainingjob.yaml").read_text())
+
+
+def job(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
+    doc = copy.deepcopy(BASE)
+    doc["metadata"] = {"name": "llm", "namespace": "ns", "uid": "u-1", "generation": 2}
+    doc["spec"].update(spec)
+    doc["status"] = status or {}
+    result = parse(doc)
+    assert isinstance(result, TrainingJob)
+    return result
+
+
+def pod(index: int, phase: str = "Running", attempt: int = 0, **kw: Any) -> PodView:
+    return PodView(name=f"llm-{attempt}-{index}", attempt=attempt, phase=phase, scheduled=phase != "Pending",
+                   created=NOW - timedelta(seconds=30), **kw)  # fmt: skip
+
+
+RUNNING = [pod(0), pod(1)]
+UNSCHED = "0/5 nodes are available: 4 Insufficient nvidia.com/gpu. pod group is unschedulable"
+
+
+@pytest.mark.parametrize(
+    ("name", "the_job", "pods", "phase", "reason", "create", "ready"),
+    [
+        ("new job: create the gang", job(), [], "Pending", "Pending", True, "0/2"),
+        (
+            "unschedulable: scheduler's words",
+            job(),
+            [pod(0, "Pending", unschedulable=UNSCHED), pod(1, "Pending", unschedulable=UNSCHED)],
+            "Pending",
+            "Unschedulable",
+            True,
+            "0/2",
+        ),
+        (
+            "scheduled, not running yet",
+            job(),
+            [replace(pod(0, "Pending"), scheduled=True), replace(pod(1, "Pending"), scheduled=True)],
+            "Starting",
+            "Starting",
+            True,
+            "0/2",
+        ),
+        (
+            "image pull backoff stalls",
+            job(),
+            [
+                replace(
+                    pod(0, "Pending"),
+                    scheduled=True,
+                    waiting_reason="ImagePullBackOff",
+                    waiting_message='Back-off pulling image "x"',
+                ),
+                pod(1),
+            ],
+            "Starting",
+            "ImagePullBackOff",
+            True,
+            "1/2",
+        ),
+        ("all running", job(), RUNNING, "Running", "Running", True, "2/2"),
+        ("all succeeded", job(), [pod(0, "Succeeded"), pod(1, "Succeeded")], "Succeeded", "Succeeded", False, "0/2"),
+        (
+            "rank OOM-killed: gang restart",
+            job(),
+            [pod(0), pod(1, "Failed", terminated_reason="OOMKilled", exit_code=137)],
+            "Restarting",
+            "OOMKilled",
+            False,
+            "0/2",
+        ),
+        (
+            "backoff limit reached",
+            job(status={"restarts": 3, "phase": "Running"}, backoffLimit=3),
+            [pod(0, attempt=3), pod(1, "Failed", attempt=3, terminated_reason="Error", exit_code=1)],
+            "Failed",
+            "BackoffLimitExceeded",
+            False,
+            "0/2",
+        ),
+        ("suspended", job(suspend=True), RUNNING, "Suspended", "Suspended", False, "0/2"),
+        (
+            "deadline exceeded",
+            job(status={"startTime": "2026-01-01T10:00:00Z", "phase": "Running"}, activeDeadlineSeconds=3600),
+            RUNNING,
+            "Failed",
+            "DeadlineExceeded",
+            False,
+            "0/2",
+        ),
+        (
+            "startup deadline while unschedulable",
+            job(startupDeadlineSeconds=10),
+            [pod(0, "Pending", unschedulable=UNSCHED), pod(1, "Pending", unschedulable=UNSCHED)],
+            "Failed",
+            "Unschedulable",
+            False,
+            "0/2",
+        ),
+        (
+            "waiting out the backoff",
+            job(status={"restarts": 1, "nextAttemptTime": "2026-01-01T12:00:20Z", "phase": "Restarting"}),
+            [],
+            "Restarting",
+            None,
+            False,
+            "0/2",
+        ),
+        (
+            "backoff over: next attempt",
+            job(status={"restarts": 1, "nextAttemptTime": "2026-01-01T11:59:50Z", "phase": "Restarting"}),
+            [],
+            "Pending",
+            "Pending",
+            True,
+            "0/2",
+        ),
+        (
+            "finished stays finished",
+            job(status={"phase": "Succeeded"}),
+            [pod(0, "Succeeded")],
+            "Succeeded",
+            None,
+            False,
+            "0/2",
+        ),
+    ],
+)
+def test_lifecycle(name: str, the_job: TrainingJob, pods: list[PodView], phase: str, reason: str | None,
+                   create: bool, ready: str) -> None:  # fmt: skip
+    decision = decide(the_job, pods, NOW)
+    assert decision.status.phase == phase, name
+    assert decision.create is create, name
+    assert decision.status.ready == ready, name
+    assert decision.status.observed_generation == 2
+    if reason is not None:
+        cond = get_condition(decision.status.conditions, "Ready")
+        assert cond is not None and cond.reason == reason, (name, cond)
+
+
+def test_unschedulable_message_is_the_schedulers() -> None:
+    d = decide(job(), [pod(0, "Pending", unschedulable=UNSCHED), pod(1, "Pending", unschedulable=UNSCHED)], NOW)
+    ready = get_condition(d.status.conditions, "Ready")
+    assert ready is not None and UNSCHED in ready.message
+
+
+def test_gang_restart_bumps_attempt_records_failure_and_backs_off() -> None:
+    d = decide(job(), [pod(0), pod(1, "Failed", terminated_reason="OOMKilled", exit_code=137)], NOW)
+    assert d.attempt == 1 and d.status.restarts == 1 and d.keep == frozenset()
+    assert d.requeue_after == backoff_seconds(1) == 10
+    assert d.status.next_attempt_time == "2026-01-01T12:00:10Z"
+    (failure,) = d.status.failures
+    assert (failure.pod, failure.reason, failure.exit_code) == ("llm-0-1", "OOMKilled", 137)
+
+
+def test_backoff_failed_reports_the_first_failure() -> None:
+    first = {"attempt": 0, "pod": "llm-0-1", "reason": "OOMKilled", "exitCode": 137, "time": "2026-01-01T11:00:00Z"}
+    d = decide(
+        job(status={"restarts": 1, "failures": [first]}, backoffLimit=1),
+        [pod(0, attempt=1), pod(1, "Failed", attempt=1, terminated_reason="Error", exit_code=2)],
+        NOW,
+    )
+    failed = get_condition(d.status.conditions, "Failed")
+    assert d.status.phase == "Failed" and failed is not None and failed.status == "True"
+    assert "first failure: llm-0-1: OOMKilled (exit code 137)" in failed.message
+    assert [f.reason for f in d.status.failures] == ["OOMKilled", "Error"]
+
+
+def test_pods_of_old_attempts_are_not_kept() -> None:
+    d = decide(job(status={"restarts": 2}), [pod(0, attempt=1), pod(0, attempt=2), pod(1, attempt=2)], NOW)
+    assert d.keep == {"llm-2-0", "llm-2-1"} and d.status.phase == "Running"
+
+
+def test_suspend_then_resume_keeps_active_time_and_counts_on() -> None:
+    running = job(status={"startTime": "2026-01-01T11:50:00Z", "phase": "Running"}, suspend=True)
+    suspended = decide(running, RUNNING, NOW).status
+    assert suspended.active_seconds == 600 and suspended.start_time is None
+    resumed = job(status=suspended.to_wire(), suspend=False)
+    d = decide(resumed, RUNNING, NOW + timedelta(hours=5))
+    assert d.status.phase == "Running" and d.status.active_seconds == 600
+    cond = get_condition(d.status.conditions, "Suspended")
+    assert cond is not None and cond.status == "False"
+
+
+def test_elastic_job_runs_with_min_nodes() -> None:
+    elastic = job(nodes=None, minNodes=2, maxNodes=4)
+    d = decide(elastic, [pod(0), pod(1), pod(2, "Pending", unschedulable="no room"), pod(3, "Pending")], NOW)
+    assert d.status.phase == "Running" and d.status.ready == "2/2" and len(d.keep) == 4
+
+
+def test_status_is_stable_when_nothing_changes() -> None:
+    first = decide(job(), RUNNING, NOW).status
+    again = decide(job(status=first.to_wire()), RUNNING, NOW + timedelta(seconds=5)).status
+    assert again == first
+
+
+@pytest.mark.parametrize(("restarts", "seconds"), [(1, 10), (2, 20), (3, 40), (6, 300), (20, 300)])
+def test_backoff_grows_exponentially_to_a_cap(restarts: int, seconds: float) -> None:
+    assert backoff_seconds(restarts) == seconds
+
+
+def test_pod_view_reads_a_real_pod() -> None:
+    raw = {
+        "metadata": {"name": "llm-0-1", "labels": {"lepton.ai/attempt": "0"}, "creationTimestamp": "2026-01-01T11:00:00Z"},
+        "spec": {"nodeName": "gpu-node-1"},
+        "status": {"phase": "Failed", "containerStatuses": [
+            {"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},
+    }  # fmt: skip
+    view = PodView.of(raw)
+    assert (view.phase, view.scheduled, view.terminated_reason, view.exit_code) == ("Failed", True, "OOMKilled", 137)
