@@ -221,7 +221,8 @@ def test_backoff_grows_exponentially_to_a_cap(restarts: int, seconds: float) -> 
 
 def test_pod_view_reads_a_real_pod() -> None:
     raw = {
-        "metadata": {"name": "llm-0-1", "labels": {"lepton.ai/attempt": "0"}, "creationTimestamp": "2026-01-01T11:00:00Z"},
+        "metadata": {"name": "llm-0-1", "labels": {"lepton.ai/attempt": "0"},
+                     "creationTimestamp": "2026-01-01T11:00:00Z"},
         "spec": {"nodeName": "gpu-node-1"},
         "status": {"phase": "Failed", "containerStatuses": [
             {"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},

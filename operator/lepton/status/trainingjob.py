@@ -127,7 +127,7 @@ def _first_failure(pods: Sequence[PodView], attempt: int, now: datetime) -> Fail
                    time=rfc3339(now))  # fmt: skip
 
 
-def decide(job: TrainingJob, pods: Sequence[PodView], now: datetime, backoff_base: float = 10.0) -> Decision:
+def decide(job: TrainingJob, pods: Sequence[PodView], now: datetime, backoff_base: float = 10.0) -> Decision:  # noqa: PLR0915 - the rules read top to bottom, first match wins
     spec, previous = job.spec, job.status
     generation = int(job.metadata.generation or 0)
     total, minimum = spec.node_counts()
