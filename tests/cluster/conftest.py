@@ -24,6 +24,8 @@ from tests.cluster.kube import Kube
 
 TEST_NS_PREFIX = "lepton-test-"
 CONTROL_PLANE = pytest.StashKey[list[str]]()
+# Tests need no 10 s backoff and no 60 s checkpoint grace period.
+FAST = {"LEPTON_RESTART_BACKOFF_SECONDS": "1", "LEPTON_TERMINATION_GRACE_SECONDS": "1"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -117,7 +119,7 @@ def stop_operator(op: OperatorProcess) -> None:
 def operator(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """The operator, out of cluster with admin credentials, watching the test namespaces (a glob)."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = start_operator(dev_cluster.kubeconfig, log, f"{TEST_NS_PREFIX}*")
+    op = start_operator(dev_cluster.kubeconfig, log, f"{TEST_NS_PREFIX}*", FAST)
     yield op
     stop_operator(op)
 

@@ -91,7 +91,7 @@ UNSCHED = "0/5 nodes are available: 4 Insufficient nvidia.com/gpu. pod group is 
         ),
         (
             "backoff limit reached",
-            job(status={"restarts": 3, "phase": "Running"}, backoffLimit=3),
+            job(status={"restarts": 3, "attempt": 3, "phase": "Running"}, backoffLimit=3),
             [pod(0, attempt=3), pod(1, "Failed", attempt=3, terminated_reason="Error", exit_code=1)],
             "Failed",
             "BackoffLimitExceeded",
@@ -119,7 +119,7 @@ UNSCHED = "0/5 nodes are available: 4 Insufficient nvidia.com/gpu. pod group is 
         ),
         (
             "waiting out the backoff",
-            job(status={"restarts": 1, "nextAttemptTime": "2026-01-01T12:00:20Z", "phase": "Restarting"}),
+            job(status={"restarts": 1, "attempt": 1, "nextAttemptTime": "2026-01-01T12:00:20Z", "phase": "Restarting"}),
             [],
             "Restarting",
             None,
@@ -128,7 +128,7 @@ UNSCHED = "0/5 nodes are available: 4 Insufficient nvidia.com/gpu. pod group is 
         ),
         (
             "backoff over: next attempt",
-            job(status={"restarts": 1, "nextAttemptTime": "2026-01-01T11:59:50Z", "phase": "Restarting"}),
+            job(status={"restarts": 1, "attempt": 1, "nextAttemptTime": "2026-01-01T11:59:50Z", "phase": "Restarting"}),
             [],
             "Pending",
             "Pending",
@@ -166,7 +166,7 @@ def test_unschedulable_message_is_the_schedulers() -> None:
 
 def test_gang_restart_bumps_attempt_records_failure_and_backs_off() -> None:
     d = decide(job(), [pod(0), pod(1, "Failed", terminated_reason="OOMKilled", exit_code=137)], NOW)
-    assert d.attempt == 1 and d.status.restarts == 1 and d.keep == frozenset()
+    assert d.attempt == 1 and d.status.restarts == 1 and d.status.attempt == 1 and d.keep == frozenset()
     assert d.requeue_after == backoff_seconds(1) == 10
     assert d.status.next_attempt_time == "2026-01-01T12:00:10Z"
     (failure,) = d.status.failures
@@ -176,7 +176,7 @@ def test_gang_restart_bumps_attempt_records_failure_and_backs_off() -> None:
 def test_backoff_failed_reports_the_first_failure() -> None:
     first = {"attempt": 0, "pod": "llm-0-1", "reason": "OOMKilled", "exitCode": 137, "time": "2026-01-01T11:00:00Z"}
     d = decide(
-        job(status={"restarts": 1, "failures": [first]}, backoffLimit=1),
+        job(status={"restarts": 1, "attempt": 1, "failures": [first]}, backoffLimit=1),
         [pod(0, attempt=1), pod(1, "Failed", attempt=1, terminated_reason="Error", exit_code=2)],
         NOW,
     )
@@ -186,9 +186,12 @@ def test_backoff_failed_reports_the_first_failure() -> None:
     assert [f.reason for f in d.status.failures] == ["OOMKilled", "Error"]
 
 
-def test_pods_of_old_attempts_are_not_kept() -> None:
-    d = decide(job(status={"restarts": 2}), [pod(0, attempt=1), pod(0, attempt=2), pod(1, attempt=2)], NOW)
-    assert d.keep == {"llm-2-0", "llm-2-1"} and d.status.phase == "Running"
+def test_a_new_gang_waits_until_the_old_one_is_gone() -> None:
+    terminating = replace(pod(0, attempt=1), deleting=True)
+    d = decide(job(status={"restarts": 2, "attempt": 2}), [terminating], NOW)
+    assert (d.status.phase, d.create, d.keep) == ("Restarting", False, frozenset())
+    d = decide(job(status={"restarts": 2, "attempt": 2}), [], NOW)
+    assert d.create and d.keep == {"llm-2-0", "llm-2-1"}
 
 
 def test_suspend_then_resume_keeps_active_time_and_counts_on() -> None:
@@ -196,8 +199,12 @@ def test_suspend_then_resume_keeps_active_time_and_counts_on() -> None:
     suspended = decide(running, RUNNING, NOW).status
     assert suspended.active_seconds == 600 and suspended.start_time is None
     resumed = job(status=suspended.to_wire(), suspend=False)
-    d = decide(resumed, RUNNING, NOW + timedelta(hours=5))
-    assert d.status.phase == "Running" and d.status.active_seconds == 600
+    d = decide(resumed, [], NOW + timedelta(hours=5))
+    assert d.attempt == 1 and d.status.attempt == 1 and d.status.restarts == 0, "a new gang, not a failure"
+    assert d.keep == {"llm-1-0", "llm-1-1"} and d.create
+    again = job(status=d.status.to_wire(), suspend=False)
+    d = decide(again, [pod(0, attempt=1), pod(1, attempt=1)], NOW + timedelta(hours=5))
+    assert d.status.phase == "Running" and d.status.active_seconds == 600 and d.attempt == 1
     cond = get_condition(d.status.conditions, "Suspended")
     assert cond is not None and cond.status == "False"
 

@@ -23,11 +23,24 @@ app.kubernetes.io/part-of: lepton
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
-{{/* Rules on Lepton's own resources: read them, patch them (kopf's annotations) and their status. */}}
+{{/* Lepton's own resources (read, patch kopf's annotations and status; delete finished jobs after
+their TTL) and the children it creates: training pods, their headless Services and gang PodGroups. */}}
 {{- define "lepton.ownRules" -}}
 - apiGroups: ["lepton.ai"]
   resources: [datasets, trainingjobs, tuningstudies, inferenceservices]
   verbs: [get, list, watch, patch]
+- apiGroups: ["lepton.ai"]
+  resources: [trainingjobs]
+  verbs: [delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create, patch]
+- apiGroups: ["scheduling.k8s.io"]
+  resources: [podgroups]
+  verbs: [get, create, patch, delete]
 - apiGroups: ["lepton.ai"]
   resources: [datasets/status, trainingjobs/status, tuningstudies/status, inferenceservices/status]
   verbs: [get, patch]

@@ -206,7 +206,10 @@ class Failure(ApiModel):
 
 class TrainingJobStatus(CommonStatus):
     ready: str | None = Field(default=None, description="Nodes running / nodes wanted, e.g. '2/2'.")
-    restarts: int = Field(default=0, description="Gang restarts so far.")
+    restarts: int = Field(default=0, description="Gang restarts after failures so far.")
+    attempt: int = Field(
+        default=0, description="Current gang: pod names and the rendezvous id change with each (restart or resume)."
+    )
     rendezvous_id: str | None = Field(default=None, description="torchrun rendezvous id of the current gang.")
     start_time: str | None = Field(default=None, description="When all pods first ran.")
     completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")

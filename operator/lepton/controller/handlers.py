@@ -9,11 +9,12 @@ from typing import Any
 
 import kopf
 
-from lepton.api import GROUP, KINDS, VERSION, KindInfo
+from lepton.api import KindInfo
 from lepton.api.common import CommonStatus
 from lepton.api.conditions import now_rfc3339
 from lepton.api.validation import ManifestError, parse
 from lepton.controller.metrics import OperatorMetrics
+from lepton.controller.patching import status_patch
 from lepton.status.lifecycle import accepted, invalid_spec
 
 
@@ -28,13 +29,6 @@ def _previous_status(info: KindInfo, body: Mapping[str, Any]) -> CommonStatus:
     except ValueError:
         # A status the schema allowed but the model does not (an older operator wrote it): start afresh.
         return info.status()
-
-
-def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from `old` to `new` (top-level status keys; None removes a key)."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
-    patch.update({k: None for k in old if k not in new})
-    return patch
 
 
 def compute_status(info: KindInfo, body: Mapping[str, Any], now: str) -> tuple[CommonStatus, str]:
@@ -76,23 +70,3 @@ def make_forgetter(info: KindInfo, metrics: OperatorMetrics) -> Callable[..., Aw
 
     forget.__name__ = f"forget_{info.plural}"
     return forget
-
-
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod: its ServiceAccount; elsewhere: KUBECONFIG. No client library needed."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-
-
-def build_registry(metrics: OperatorMetrics) -> kopf.OperatorRegistry:
-    """Register the handlers of every kind in a registry of their own."""
-    registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry)(login)
-    for info in KINDS.values():
-        reconcile = make_reconciler(info, metrics)
-        for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
-            on(GROUP, VERSION, info.plural, registry=registry, id="reconcile")(reconcile)
-        # optional: no finalizer, so deleting never waits on a running operator.
-        kopf.on.delete(GROUP, VERSION, info.plural, registry=registry, optional=True, id="forget")(
-            make_forgetter(info, metrics)
-        )
-    return registry

@@ -10,8 +10,9 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lepton.controller.handlers import build_registry
+from lepton.controller.kube import KubeClient
 from lepton.controller.metrics import OperatorMetrics
+from lepton.controller.registry import build_registry
 from lepton.controller.settings import ANNOTATION_PREFIX, Settings
 
 
@@ -54,7 +55,8 @@ def health_app(metrics: OperatorMetrics, ready: threading.Event | asyncio.Event)
 async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -> None:
     """Run kopf and the HTTP endpoints until stopped."""
     metrics = OperatorMetrics()
-    registry = build_registry(metrics)
+    client = KubeClient()
+    registry = build_registry(metrics, client, settings)
     ready = asyncio.Event()
     kopf_settings = kopf.OperatorSettings()
     configure(kopf_settings, settings)
@@ -81,6 +83,7 @@ async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -
         )
     finally:
         await runner.cleanup()
+        await client.close()
 
 
 def run(settings: Settings) -> None:

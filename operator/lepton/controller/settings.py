@@ -22,6 +22,8 @@ class Settings:
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
     images: dict[str, str] = field(default_factory=dict)
+    restart_backoff_seconds: float = 10.0  # first gang-restart delay; doubles per restart up to 5 min
+    termination_grace_seconds: int = 60  # for training pods: time to flush the last checkpoint
 
     @property
     def clusterwide(self) -> bool:
@@ -46,7 +48,18 @@ class Settings:
             for workload in ("trainer", "tuner", "server", "data")
             if env.get(f"LEPTON_{workload.upper()}_IMAGE")
         }
+        try:
+            backoff = float(env.get("LEPTON_RESTART_BACKOFF_SECONDS", "10"))
+        except ValueError:
+            raise SettingsError("LEPTON_RESTART_BACKOFF_SECONDS must be a number of seconds") from None
+        if backoff < 0:
+            raise SettingsError("LEPTON_RESTART_BACKOFF_SECONDS must not be negative")
+        grace = env.get("LEPTON_TERMINATION_GRACE_SECONDS", "60")
+        if not grace.isdigit():
+            raise SettingsError(f"LEPTON_TERMINATION_GRACE_SECONDS must be a whole number of seconds, got {grace!r}")
         return cls(
+            restart_backoff_seconds=backoff,
+            termination_grace_seconds=int(grace),
             namespaces=namespaces,
             metrics_port=port,
             metrics_host=env.get("LEPTON_METRICS_HOST", "0.0.0.0"),

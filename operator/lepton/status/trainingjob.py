@@ -58,7 +58,7 @@ class PodView:
         for cond in status.get("conditions", []):
             if cond.get("type") == "PodScheduled":
                 scheduled = cond.get("status") == "True"
-                if cond.get("reason") == "Unschedulable":
+                if cond.get("status") == "False" and cond.get("reason") in ("Unschedulable", "SchedulerError"):
                     unschedulable = cond.get("message", "")
         waiting_reason = waiting_message = terminated_reason = None
         exit_code = None
@@ -131,10 +131,15 @@ def decide(job: TrainingJob, pods: Sequence[PodView], now: datetime, backoff_bas
     spec, previous = job.spec, job.status
     generation = int(job.metadata.generation or 0)
     total, minimum = spec.node_counts()
-    attempt = previous.restarts
+    attempt = previous.attempt
+    resuming = not spec.suspend and any(
+        cd.type == ConditionType.SUSPENDED and cd.status == "True" for cd in previous.conditions
+    )
+    if resuming:  # a resumed job is a new gang: new pods, new rendezvous, from the latest checkpoint
+        attempt += 1
     names = frozenset(pod_name(job.metadata.name, attempt, i) for i in range(total))
     current = [p for p in pods if p.attempt == attempt and not p.deleting]
-    status = previous.model_copy(update={"observed_generation": generation})
+    status = previous.model_copy(update={"observed_generation": generation, "attempt": attempt})
     c = _Conditions(status, generation, rfc3339(now))
 
     def done(phase: str, *, create: bool, keep: frozenset[str], requeue: float | None = None) -> Decision:
@@ -156,7 +161,7 @@ def decide(job: TrainingJob, pods: Sequence[PodView], now: datetime, backoff_bas
         c.status = c.status.model_copy(update={"active_seconds": active if started else previous.active_seconds,
                                                "start_time": None})  # fmt: skip
         return done(SUSPENDED, create=False, keep=frozenset())
-    if any(cd.type == ConditionType.SUSPENDED and cd.status == "True" for cd in previous.conditions):
+    if resuming:
         c.set(ConditionType.SUSPENDED, False, "Resumed", "Resumed from the latest checkpoint")
 
     def fail(reason: str, message: str) -> Decision:
@@ -178,17 +183,18 @@ def decide(job: TrainingJob, pods: Sequence[PodView], now: datetime, backoff_bas
         c.status = c.status.model_copy(update={"failures": failures})
         detail = f"{failure.pod}: {failure.reason}" + (f" (exit code {failure.exit_code})"
                                                        if failure.exit_code is not None else "")  # fmt: skip
-        if attempt >= spec.backoff_limit:
+        if previous.restarts >= spec.backoff_limit:
             first = failures[0]
             return fail(Reason.BACKOFF_LIMIT_EXCEEDED,
-                        f"{attempt + 1} attempts failed (backoffLimit {spec.backoff_limit}); first failure: "
+                        f"{previous.restarts + 1} attempts failed (backoffLimit {spec.backoff_limit}); first failure: "
                         f"{first.pod}: {first.reason}" + (f" (exit code {first.exit_code})"
                                                           if first.exit_code is not None else ""))  # fmt: skip
-        wait = backoff_seconds(attempt + 1, backoff_base)
+        wait = backoff_seconds(previous.restarts + 1, backoff_base)
         c.story(ready=False, reconciling=True, stalled=False, reason=failure.reason,
                 message=f"Rank failed, restarting the whole gang in {wait:.0f}s: {detail}")  # fmt: skip
         c.status = c.status.model_copy(update={
-            "restarts": attempt + 1,
+            "restarts": previous.restarts + 1,
+            "attempt": attempt + 1,
             "next_attempt_time": rfc3339(now + timedelta(seconds=wait)),
             "active_seconds": active if started else previous.active_seconds,
             "start_time": None,
@@ -200,6 +206,13 @@ def decide(job: TrainingJob, pods: Sequence[PodView], now: datetime, backoff_bas
     if next_attempt is not None and now < next_attempt:
         return done(RESTARTING, create=False, keep=frozenset(), requeue=(next_attempt - now).total_seconds())
     c.status = c.status.model_copy(update={"next_attempt_time": None})
+
+    # A new gang starts only once the previous one is gone: its pods still hold GPUs and ports.
+    lingering = [p for p in pods if p.attempt != attempt]
+    if lingering:
+        c.story(ready=False, reconciling=True, stalled=False, reason="Restarting",
+                message=f"Waiting for {len(lingering)} pod(s) of the previous attempt to terminate")  # fmt: skip
+        return done(RESTARTING, create=False, keep=frozenset(), requeue=1.0)
 
     succeeded = [p for p in current if p.phase == SUCCEEDED]
     if current and len(succeeded) >= minimum and all(p.finished for p in current):

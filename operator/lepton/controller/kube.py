@@ -1,0 +1,132 @@
+"""A small async Kubernetes REST client for the children the operator owns.
+
+It reuses the credentials kopf logged in with (kopf.ConnectionInfo: kubeconfig or ServiceAccount), so
+the operator authenticates once and in one way. Writes are server-side apply under one field manager.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kopf
+
+FIELD_MANAGER = "lepton-operator"
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(f"{status}: {message}")
+
+
+def _as_bytes(data: str | bytes) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+def _ssl_context(info: kopf.ConnectionInfo, workdir: Path) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    ctx = ssl.create_default_context(cafile=info.ca_path) if info.ca_path else ssl.create_default_context()
+    if info.ca_data:
+        data = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
+        ctx.load_verify_locations(cadata=(data if b"BEGIN" in data else base64.b64decode(data)).decode())
+    cert, key = info.certificate_path, info.private_key_path
+    if info.certificate_data and info.private_key_data:  # ssl wants files
+        cert, key = str(workdir / "client.crt"), str(workdir / "client.key")
+        Path(cert).write_bytes(_as_bytes(info.certificate_data))
+        Path(key).write_bytes(_as_bytes(info.private_key_data))
+        Path(key).chmod(0o600)
+    if cert and key:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def api_path(api_version: str, plural: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    out = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
+    return out + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+
+PLURALS = {"Pod": "pods", "Service": "services", "PodGroup": "podgroups", "TrainingJob": "trainingjobs"}
+
+
+@dataclass
+class KubeClient:
+    """Created from kopf's login; rebuilt when kopf logs in again (e.g. a rotated token)."""
+
+    info: kopf.ConnectionInfo | None = None
+    _session: aiohttp.ClientSession | None = None
+    _session_for: kopf.ConnectionInfo | None = None
+    _tmp: tempfile.TemporaryDirectory[str] = field(default_factory=lambda: tempfile.TemporaryDirectory("lepton"))
+
+    def login(self, info: kopf.ConnectionInfo) -> None:
+        self.info = info
+
+    async def _http(self) -> aiohttp.ClientSession:
+        if self.info is None:
+            raise KubeError(0, "not logged in yet")
+        if self._session is None or self._session_for is not self.info:
+            if self._session is not None:
+                await self._session.close()
+            headers = {"Authorization": f"Bearer {self.info.token}"} if self.info.token else {}
+            self._session = aiohttp.ClientSession(
+                base_url=self.info.server,
+                headers=headers,
+                connector=aiohttp.TCPConnector(ssl=_ssl_context(self.info, Path(self._tmp.name)), limit=32),
+                timeout=aiohttp.ClientTimeout(total=30),
+            )
+            self._session_for = self.info
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._tmp.cleanup()
+
+    async def request(
+        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        http = await self._http()
+        data = None if body is None else json.dumps(body)
+        async with http.request(method, path, data=data, params=params, headers={"Content-Type": content_type}) as rsp:
+            if rsp.status == 404 and method in ("DELETE", "GET"):
+                return None
+            if rsp.status >= 400:
+                try:
+                    message = (await rsp.json()).get("message", "")
+                except (aiohttp.ContentTypeError, json.JSONDecodeError):
+                    message = await rsp.text()
+                raise KubeError(rsp.status, message)
+            return dict(await rsp.json())
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Server-side apply under the operator's field manager (creates, or corrects drift)."""
+        meta = obj["metadata"]
+        path = api_path(obj["apiVersion"], PLURALS[obj["kind"]], meta.get("namespace"), meta["name"])
+        return await self.request("PATCH", path, body=obj, content_type="application/apply-patch+yaml",
+                                  params={"fieldManager": FIELD_MANAGER, "force": "true"})  # fmt: skip
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str, grace: int | None = None) -> None:
+        body = {"propagationPolicy": "Background"} | ({"gracePeriodSeconds": grace} if grace is not None else {})
+        await self.request("DELETE", api_path(api_version, PLURALS[kind], namespace, name), body=body)
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Any) -> None:
+        path = api_path(api_version, PLURALS[kind], namespace, name, "status")
+        await self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+
+    async def serves(self, group_version: str, plural: str) -> bool:
+        """Whether the cluster serves a resource (discovery), e.g. native gang scheduling's PodGroups."""
+        try:
+            found = await self.request("GET", f"/apis/{group_version}")
+        except KubeError:
+            return False
+        return found is not None and any(r.get("name") == plural for r in found.get("resources", []))

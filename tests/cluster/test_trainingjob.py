@@ -1,0 +1,188 @@
+"""TrainingJob on the real control plane with kwok GPU nodes: gang placement, the scheduler's words,
+gang restarts, backoffLimit, suspend/resume, deadlines, TTL, garbage collection, operator restarts.
+kwok stands in for the container runtime: a test ends a pod by annotating it (lepton.ai/fake-outcome)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lepton.cli.devcluster import DevCluster
+from tests.cluster.conftest import FAST, OperatorProcess, start_operator, stop_operator
+from tests.cluster.kube import Kube, eventually
+
+
+def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"uri": "/models/tiny-gpt2"},
+        "data": {"uri": "/data/tickets.jsonl"},
+        "hyperparameters": {"maxSteps": 100},
+        "nodes": 2,
+        "gpusPerNode": 1,
+        "output": {"uri": "s3://models/out"},
+    }
+    body.update(spec)
+    return {"apiVersion": "lepton.ai/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": body}
+
+
+def status(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    return dict(kube.get("trainingjob", name, ns).get("status", {}))
+
+
+def pods(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
+    return list(kube.get("pods", namespace=ns)["items"]) if name else []
+
+
+def live_pods(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    return [p for p in pods(kube, ns, "x") if not p["metadata"].get("deletionTimestamp")]
+
+
+def phase_is(kube: Kube, ns: str, name: str, phase: str) -> dict[str, Any] | None:
+    st = status(kube, ns, name)
+    return st if st.get("phase") == phase else None
+
+
+def finish(kube: Kube, ns: str, pod: str, outcome: str, **extra: str) -> None:
+    notes = {"lepton.ai/fake-outcome": outcome, "lepton.ai/fake-after": "1s", **extra}
+    kube.run("annotate", "pod", pod, "-n", ns, *[f"{k}={v}" for k, v in notes.items()])
+
+
+def test_two_nodes_of_eight_gpus_run_then_succeed(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(trainingjob("big", gpusPerNode=8), namespace)
+    st = eventually(lambda: phase_is(kube, namespace, "big", "Running"), timeout=60, what="Running")
+    assert st["ready"] == "2/2" and st["startTime"]
+    running = live_pods(kube, namespace)
+    assert len(running) == 2
+    nodes = {p["spec"]["nodeName"] for p in running}
+    assert len(nodes) == 2 and all(n.startswith("gpu-node-") for n in nodes)
+    group = kube.get("podgroup", "big-gang-0", namespace)
+    assert group["spec"]["schedulingPolicy"]["gang"]["minCount"] == 2
+    for p in running:
+        finish(kube, namespace, p["metadata"]["name"], "Succeeded")
+    st = eventually(lambda: phase_is(kube, namespace, "big", "Succeeded"), timeout=60, what="Succeeded")
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds["Succeeded"] == "True" and conds["Ready"] == "False" and st["completionTime"]
+
+
+def test_more_gpus_than_exist_start_no_pod_and_say_unschedulable(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.apply(trainingjob("huge", nodes=5, gpusPerNode=8), namespace)
+
+    def unschedulable() -> dict[str, Any] | None:
+        st = status(kube, namespace, "huge")
+        ready = {c["type"]: c for c in st.get("conditions", [])}.get("Ready", {})
+        return st if ready.get("reason") == "Unschedulable" else None
+
+    st = eventually(unschedulable, timeout=60, what="Unschedulable")
+    ready = {c["type"]: c for c in st["conditions"]}["Ready"]
+    assert "minCount (5) cannot be satisfied" in ready["message"]  # the scheduler's own words
+    assert st["phase"] == "Pending"
+    time.sleep(3)
+    assert all(not p["spec"].get("nodeName") for p in pods(kube, namespace, "huge")), "no pod may start alone"
+
+
+def test_one_failed_rank_restarts_the_whole_gang(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(trainingjob("flaky"), namespace)
+    eventually(lambda: phase_is(kube, namespace, "flaky", "Running"), timeout=60, what="Running")
+    first = {p["metadata"]["name"]: p["metadata"]["annotations"]["lepton.ai/rendezvous-id"]
+             for p in live_pods(kube, namespace)}  # fmt: skip
+    finish(kube, namespace, "flaky-0-1", "Failed", **{"lepton.ai/fake-exit-code": "137",
+                                                     "lepton.ai/fake-reason": "OOMKilled"})  # fmt: skip
+
+    def restarted() -> dict[str, Any] | None:
+        st = status(kube, namespace, "flaky")
+        return st if st.get("restarts") == 1 and st.get("phase") == "Running" else None
+
+    st = eventually(restarted, timeout=90, what="the gang running again")
+    assert st["failures"][0]["reason"] == "OOMKilled" and st["failures"][0]["exitCode"] == 137
+    second = {p["metadata"]["name"]: p["metadata"]["annotations"]["lepton.ai/rendezvous-id"]
+              for p in live_pods(kube, namespace)}  # fmt: skip
+    assert set(second) == {"flaky-1-0", "flaky-1-1"}
+    assert not set(first.values()) & set(second.values()), "a new gang needs a new rendezvous id"
+
+
+def test_backoff_limit_fails_the_job_with_the_first_reason(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.apply(trainingjob("doomed", backoffLimit=1), namespace)
+    for attempt, reason in ((0, "OOMKilled"), (1, "Error")):
+
+        def running(attempt: int = attempt) -> bool:
+            st = status(kube, namespace, "doomed")
+            return st.get("phase") == "Running" and st.get("restarts") == attempt
+
+        eventually(running, timeout=90, what=f"attempt {attempt} running")
+        finish(kube, namespace, f"doomed-{attempt}-0", "Failed", **{"lepton.ai/fake-reason": reason})
+    st = eventually(lambda: phase_is(kube, namespace, "doomed", "Failed"), timeout=60, what="Failed")
+    failed = {c["type"]: c for c in st["conditions"]}["Failed"]
+    assert failed["reason"] == "BackoffLimitExceeded" and "first failure: doomed-0-0: OOMKilled" in failed["message"]
+    eventually(lambda: not [p for p in live_pods(kube, namespace) if p["status"].get("phase") == "Running"],
+               what="no pod left running")  # fmt: skip
+
+
+def test_suspend_deletes_pods_and_resume_starts_them_again(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.apply(trainingjob("pausable"), namespace)
+    eventually(lambda: phase_is(kube, namespace, "pausable", "Running"), timeout=60, what="Running")
+    kube.patch("trainingjob", "pausable", namespace, {"spec": {"suspend": True}})
+    eventually(lambda: phase_is(kube, namespace, "pausable", "Suspended"), what="Suspended")
+    eventually(lambda: not live_pods(kube, namespace), what="pods deleted")
+    kube.patch("trainingjob", "pausable", namespace, {"spec": {"suspend": False}})
+    st = eventually(lambda: phase_is(kube, namespace, "pausable", "Running"), timeout=60, what="Running again")
+    assert st["restarts"] == 0 and st["attempt"] == 1, "resuming starts a new gang; it is not a failure"
+
+
+def test_active_deadline_fails_the_job(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(trainingjob("slow", activeDeadlineSeconds=3), namespace)
+    st = eventually(lambda: phase_is(kube, namespace, "slow", "Failed"), timeout=60, what="Failed")
+    assert {c["type"]: c for c in st["conditions"]}["Failed"]["reason"] == "DeadlineExceeded"
+
+
+def test_ttl_deletes_the_finished_job_on_time(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(trainingjob("short-lived", nodes=1, ttlSecondsAfterFinished=3), namespace)
+    eventually(lambda: phase_is(kube, namespace, "short-lived", "Running"), timeout=60, what="Running")
+    finish(kube, namespace, "short-lived-0-0", "Succeeded")
+    eventually(lambda: phase_is(kube, namespace, "short-lived", "Succeeded"), timeout=30, what="Succeeded")
+    finished = time.monotonic()
+    eventually(lambda: "short-lived" not in kube.run("get", "trainingjobs", "-n", namespace, "-o", "name").stdout,
+               timeout=30, what="deleted after its TTL")  # fmt: skip
+    assert time.monotonic() - finished < 10, "a timer, not the next event, deletes it"
+
+
+def test_deleting_the_job_leaves_no_children(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(trainingjob("temp"), namespace)
+    eventually(lambda: phase_is(kube, namespace, "temp", "Running"), timeout=60, what="Running")
+    kube.run("delete", "trainingjob", "temp", "-n", namespace, "--wait=true", "--timeout=60s")
+
+    def gone() -> bool:
+        left = kube.run("get", "pods,services,podgroups", "-n", namespace, "-o", "name").stdout.split()
+        return not left
+
+    eventually(gone, timeout=60, what="garbage collection of pods, Service and PodGroup")
+
+
+def test_operator_restarted_midway_converges_without_duplicates(
+    dev_cluster: DevCluster, kube: Kube, tmp_path: Path
+) -> None:
+    ns = f"lepton-restart-{uuid.uuid4().hex[:6]}"  # outside the session operator's glob
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    env = FAST
+    op = start_operator(dev_cluster.kubeconfig, tmp_path / "op1.log", ns, env)
+    try:
+        kube.apply(trainingjob("steady", nodes=3), ns)
+        eventually(lambda: len(live_pods(kube, ns)) == 3, timeout=60, what="3 pods")
+        op.proc.kill()  # no goodbye: as if the node died
+        op.proc.wait()
+        kube.patch("trainingjob", "steady", ns, {"metadata": {"labels": {"touched": "yes"}}})
+        op = start_operator(dev_cluster.kubeconfig, tmp_path / "op2.log", ns, env)
+        st = eventually(lambda: phase_is(kube, ns, "steady", "Running"), timeout=60, what="Running")
+        time.sleep(3)
+        names = sorted(p["metadata"]["name"] for p in live_pods(kube, ns))
+        assert names == ["steady-0-0", "steady-0-1", "steady-0-2"] and st["restarts"] == 0
+    finally:
+        stop_operator(op)
+        kube.run("delete", "namespace", ns, "--wait=false", check=False)
