@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -31,7 +32,9 @@ def cold_build() -> tuple[float, str]:
                               text=True, check=True)  # fmt: skip
         elapsed = time.perf_counter() - t0
         subprocess.run(["chmod", "-R", "u+w", tmp], check=False)  # the module cache is read-only
-    steps = [line.split("] ", 1)[1] for line in proc.stderr.splitlines() if line.startswith("[lepton-build")]
+    # Keep the step and its timing, never this machine's paths.
+    steps = [re.sub(r" (->|\(cache:) /\S+\)?", "", line.split("] ", 1)[1])
+             for line in proc.stderr.splitlines() if line.startswith("[lepton-build")]  # fmt: skip
     return elapsed, "\n".join(f"    {s}" for s in steps)
 
 

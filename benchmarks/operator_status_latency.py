@@ -32,7 +32,10 @@ from lepton.api import GROUP, VERSION
 from lepton.cli.devcluster import DevCluster
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = yaml.safe_load((ROOT / "examples" / "trainingjob.yaml").read_text())
+# Datasets: their status comes from the operator's generic reconcile (no children yet), so this
+# measures the watch -> handler -> status-patch path itself. TrainingJobs, which create pods, are P1.
+TEMPLATE = yaml.safe_load((ROOT / "examples" / "dataset.yaml").read_text())
+PLURAL = "datasets"
 
 
 class Api:
@@ -51,7 +54,7 @@ class Api:
 
 
 def path(ns: str, name: str = "", sub: str = "") -> str:
-    out = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/trainingjobs"
+    out = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"
     return out + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
@@ -84,7 +87,7 @@ async def run_once(api: Api, ns: str, count: int, concurrency: int, self_patch: 
 
         async def create(i: int) -> None:
             body = copy.deepcopy(TEMPLATE)
-            body["metadata"] = {"name": f"job-{i:04d}"}
+            body["metadata"] = {"name": f"data-{i:04d}"}
             async with gate:
                 created[body["metadata"]["name"]] = time.perf_counter()
                 async with http.post(path(ns), json=body) as rsp:
@@ -183,7 +186,7 @@ def main() -> None:
     b, m = summary(baseline), summary(measured)
     versions = cluster.component_versions()
     body = f"""
-{args.count} TrainingJobs created at concurrency {args.concurrency} against the real local control plane
+{args.count} Datasets created at concurrency {args.concurrency} against the real local control plane
 ({versions["kube-apiserver"]}, etcd {versions["etcd"].split()[-1]}, kwok). Latency = POST sent → watch event
 carrying `status.observedGeneration: 1`.
 

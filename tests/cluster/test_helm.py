@@ -173,7 +173,6 @@ def test_operator_does_its_whole_job_as_the_charts_service_account(
         ("delete", "services", False),
         ("get", "secrets", False),
         ("list", "configmaps", False),
-        ("create", "pods/exec", False),
         ("create", "deployments.apps", False),
         ("patch", "nodes", False),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", False),
@@ -189,6 +188,13 @@ def test_service_account_has_least_privilege(
         "auth", "can-i", verb, resource, "--as", sa, "-A" if verb != "impersonate" else "-n=default", check=False
     )
     assert proc.stdout.strip() == ("yes" if allowed else "no"), f"{sa} {verb} {resource}: {proc.stdout}"
+
+
+@pytest.mark.parametrize("subresource", ["exec", "attach", "portforward", "eviction"])
+def test_service_account_cannot_get_into_pods(kube: Kube, release: dict[str, str], subresource: str) -> None:
+    sa = f"system:serviceaccount:{release['namespace']}:{release['sa']}"
+    proc = kube.run("auth", "can-i", "create", "pods", f"--subresource={subresource}", "--as", sa, "-A", check=False)
+    assert proc.stdout.strip() == "no"
 
 
 def test_namespaced_mode_confines_the_operator(dev_cluster: DevCluster, kube: Kube, tmp_path: Path) -> None:

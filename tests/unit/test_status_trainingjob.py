@@ -236,3 +236,13 @@ def test_pod_view_reads_a_real_pod() -> None:
     }  # fmt: skip
     view = PodView.of(raw)
     assert (view.phase, view.scheduled, view.terminated_reason, view.exit_code) == ("Failed", True, "OOMKilled", 137)
+
+
+def test_a_job_waits_for_what_it_references() -> None:
+    d = decide(job(), [], NOW, waiting_for=["Dataset 'support-tickets' has no published version yet"])
+    assert (d.status.phase, d.create) == ("Pending", False)
+    refs = get_condition(d.status.conditions, "ReferencesResolved")
+    assert refs is not None and refs.status == "False" and "support-tickets" in refs.message
+    resolved = decide(job(status=d.status.to_wire()), [], NOW)
+    refs = get_condition(resolved.status.conditions, "ReferencesResolved")
+    assert resolved.create and refs is not None and refs.status == "True"

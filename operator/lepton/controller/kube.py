@@ -55,7 +55,15 @@ def api_path(api_version: str, plural: str, namespace: str | None, name: str | N
     return out + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
-PLURALS = {"Pod": "pods", "Service": "services", "PodGroup": "podgroups", "TrainingJob": "trainingjobs"}
+PLURALS = {
+    "Pod": "pods",
+    "Service": "services",
+    "PodGroup": "podgroups",
+    "TrainingJob": "trainingjobs",
+    "TuningStudy": "tuningstudies",
+    "Dataset": "datasets",
+    "InferenceService": "inferenceservices",
+}
 
 
 @dataclass

@@ -20,11 +20,12 @@ from lepton.api import GROUP, VERSION, TrainingJob
 from lepton.api.kinds import API_VERSION
 from lepton.api.trainingjob import TrainingJobStatus
 from lepton.api.validation import ManifestError, parse
-from lepton.controller.kube import KubeClient, KubeError
+from lepton.controller.kube import PLURALS, KubeClient, KubeError, api_path
 from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.patching import status_patch
-from lepton.render.trainingjob import RenderSettings, render
+from lepton.render.trainingjob import RenderSettings, Resolved, render
 from lepton.status.lifecycle import invalid_spec
+from lepton.status.references import Resolution, references, resolve
 from lepton.status.trainingjob import TERMINAL, PodView, decide, parse_time
 
 POLL_SECONDS = 1.0  # while time-sensitive (backoff, deadlines); otherwise events wake the loop
@@ -73,14 +74,18 @@ class TrainingJobController:
                 await self._patch_status(body, new.to_wire())
                 return None
             assert isinstance(job, TrainingJob)
-            decision = decide(job, [PodView.of(p) for p in raw_pods], datetime.now(UTC), self.backoff_base)
+            resolution = await self._resolve(job, raw_pods)
+            decision = decide(job, [PodView.of(p) for p in raw_pods], datetime.now(UTC), self.backoff_base,
+                              waiting_for=resolution.waiting)  # fmt: skip
             existing = {p["metadata"]["name"]: p for p in raw_pods}
             for pod_name, pod in existing.items():
                 if pod_name not in decision.keep and not pod["metadata"].get("deletionTimestamp"):
                     await self.client.delete("v1", "Pod", namespace, pod_name)
             if decision.create:
                 settings = await self._render_settings()
-                desired = render(job.model_copy(update={"status": decision.status}), decision.attempt, settings)
+                resolved = Resolved(model_uri=resolution.uris.get("model"), data_uri=resolution.uris.get("data"),
+                                    teacher_uri=resolution.uris.get("teacher"))  # fmt: skip
+                desired = render(job, decision.attempt, settings, resolved)
                 for child in desired:
                     if child["kind"] != "Pod" or child["metadata"]["name"] not in existing:
                         await self.client.apply(child)
@@ -91,6 +96,18 @@ class TrainingJobController:
         finally:
             self.metrics.reconciles.labels(kind="TrainingJob", outcome=outcome).inc()
             self.metrics.duration.labels(kind="TrainingJob").observe(time.perf_counter() - started)
+
+    async def _resolve(self, job: TrainingJob, raw_pods: list[dict[str, Any]]) -> Resolution:
+        """Fetch what the job references (only before its gang exists) and resolve it purely."""
+        refs = references(job)
+        if not refs or raw_pods:
+            return resolve(job, {}) if not refs else Resolution()
+        namespace = job.metadata.namespace or ""
+        found = {
+            (kind, name): await self.client.request("GET", api_path(API_VERSION, PLURALS[kind], namespace, name))
+            for kind, name in refs
+        }
+        return resolve(job, found)
 
     async def _patch_status(self, body: Mapping[str, Any], new: dict[str, Any]) -> None:
         changes = status_patch(dict(body.get("status") or {}), new)

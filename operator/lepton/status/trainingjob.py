@@ -127,7 +127,13 @@ def _first_failure(pods: Sequence[PodView], attempt: int, now: datetime) -> Fail
                    time=rfc3339(now))  # fmt: skip
 
 
-def decide(job: TrainingJob, pods: Sequence[PodView], now: datetime, backoff_base: float = 10.0) -> Decision:  # noqa: PLR0915 - the rules read top to bottom, first match wins
+def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
+    job: TrainingJob,
+    pods: Sequence[PodView],
+    now: datetime,
+    backoff_base: float = 10.0,
+    waiting_for: Sequence[str] = (),
+) -> Decision:
     spec, previous = job.spec, job.status
     generation = int(job.metadata.generation or 0)
     total, minimum = spec.node_counts()
@@ -213,6 +219,14 @@ def decide(job: TrainingJob, pods: Sequence[PodView], now: datetime, backoff_bas
         c.story(ready=False, reconciling=True, stalled=False, reason="Restarting",
                 message=f"Waiting for {len(lingering)} pod(s) of the previous attempt to terminate")  # fmt: skip
         return done(RESTARTING, create=False, keep=frozenset(), requeue=1.0)
+
+    if waiting_for and not current:  # references first: a gang starts only with everything it reads
+        message = "; ".join(waiting_for)
+        c.set(ConditionType.REFERENCES_RESOLVED, False, Reason.REFERENCE_NOT_READY, message)
+        c.story(ready=False, reconciling=True, stalled=False, reason=Reason.REFERENCE_NOT_READY, message=message)
+        return done(PENDING, create=False, keep=frozenset())
+    if any(cd.type == ConditionType.REFERENCES_RESOLVED for cd in previous.conditions):
+        c.set(ConditionType.REFERENCES_RESOLVED, True, Reason.REFERENCES_READY)
 
     succeeded = [p for p in current if p.phase == SUCCEEDED]
     if current and len(succeeded) >= minimum and all(p.finished for p in current):

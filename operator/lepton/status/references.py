@@ -1,0 +1,93 @@
+"""References between resources (datasetRef, modelFrom a TrainingJob or a TuningStudy), resolved purely
+from the referenced objects as fetched. A reference to something not ready yet is a reason to wait,
+never an error."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lepton.api.common import ModelSource
+from lepton.api.conditions import ConditionType
+from lepton.api.kinds import TrainingJob
+
+Ref = tuple[str, str]  # (kind, name) in the job's namespace
+
+
+@dataclass(frozen=True)
+class Resolution:
+    uris: dict[str, str] = field(default_factory=dict)  # "model" | "data" | "teacher" -> location
+    waiting: list[str] = field(default_factory=list)  # why not yet, one line per reference
+
+    @property
+    def ready(self) -> bool:
+        return not self.waiting
+
+
+def _model_refs(source: ModelSource | None) -> list[Ref]:
+    if source is None:
+        return []
+    if source.training_job is not None:
+        return [("TrainingJob", source.training_job.name)]
+    if source.tuning_study is not None:
+        return [("TuningStudy", source.tuning_study.name)]
+    return []
+
+
+def references(job: TrainingJob) -> list[Ref]:
+    spec = job.spec
+    refs = _model_refs(spec.model)
+    if spec.data.dataset_ref is not None:
+        refs.append(("Dataset", spec.data.dataset_ref.name))
+    if spec.distillation is not None:
+        refs += _model_refs(spec.distillation.teacher)
+    return refs
+
+
+def _is_ready(obj: Mapping[str, Any]) -> bool:
+    conds = obj.get("status", {}).get("conditions", [])
+    return any(c.get("type") == ConditionType.READY and c.get("status") == "True" for c in conds)
+
+
+def _model_uri(source: ModelSource | None, found: Mapping[Ref, Mapping[str, Any] | None]) -> tuple[str | None, str]:
+    """(location, why not) of a model that comes from another resource."""
+    for ref in _model_refs(source):
+        obj = found.get(ref)
+        if obj is None:
+            return None, f"{ref[0]} {ref[1]!r} not found"
+        status = obj.get("status", {})
+        if ref[0] == "TrainingJob":
+            if status.get("phase") != "Succeeded" or not status.get("outputModel"):
+                return None, f"TrainingJob {ref[1]!r} has not produced its model yet (phase {status.get('phase')})"
+            return str(status["outputModel"]), ""
+        best = status.get("bestTrial") or {}
+        if not best.get("model"):
+            return None, f"TuningStudy {ref[1]!r} has no best trial with a model yet"
+        return str(best["model"]), ""
+    return None, ""
+
+
+def resolve(job: TrainingJob, found: Mapping[Ref, Mapping[str, Any] | None]) -> Resolution:
+    uris: dict[str, str] = {}
+    waiting: list[str] = []
+    spec = job.spec
+    for key, source in (("model", spec.model), ("teacher", spec.distillation.teacher if spec.distillation else None)):
+        uri, why = _model_uri(source, found)
+        if uri:
+            uris[key] = uri
+        elif why:
+            waiting.append(why)
+    ref = spec.data.dataset_ref
+    if ref is not None:
+        obj = found.get(("Dataset", ref.name))
+        status = (obj or {}).get("status", {})
+        if obj is None:
+            waiting.append(f"Dataset {ref.name!r} not found")
+        elif not _is_ready(obj) or not status.get("location"):
+            waiting.append(f"Dataset {ref.name!r} has no published version yet")
+        elif ref.version and ref.version != status.get("version") and ref.version not in status.get("versions", []):
+            waiting.append(f"Dataset {ref.name!r} has no version {ref.version!r}")
+        else:
+            uris["data"] = f"{status['location'].rstrip('/')}/{ref.split}"
+    return Resolution(uris, waiting)

@@ -1,0 +1,68 @@
+"""datasetRef and modelFrom references resolve from the referenced objects' status, or say why not."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from lepton.api.kinds import TrainingJob
+from lepton.api.validation import parse
+from lepton.status.references import references, resolve
+from tests.conftest import EXAMPLES
+
+BASE = yaml.safe_load((EXAMPLES / "trainingjob.yaml").read_text())
+READY = [{"type": "Ready", "status": "True"}]
+
+
+def job(**spec: Any) -> TrainingJob:
+    doc = copy.deepcopy(BASE)
+    doc["spec"].update(spec)
+    result = parse(doc)
+    assert isinstance(result, TrainingJob)
+    return result
+
+
+def test_references_are_listed() -> None:
+    j = job(model={"trainingJob": {"name": "base"}},
+            distillation={"teacher": {"tuningStudy": {"name": "search"}}})  # fmt: skip
+    assert references(j) == [("TrainingJob", "base"), ("Dataset", "support-tickets"), ("TuningStudy", "search")]
+
+
+@pytest.mark.parametrize(
+    ("found", "uris", "waiting"),
+    [
+        ({}, {}, "Dataset 'support-tickets' not found"),
+        ({("Dataset", "support-tickets"): {"status": {"conditions": []}}}, {}, "has no published version yet"),
+        (
+            {("Dataset", "support-tickets"): {"status": {"conditions": READY, "location": "s3://d/v1/"}}},
+            {"data": "s3://d/v1/train"},
+            None,
+        ),
+    ],
+    ids=["missing", "not-ready", "ready"],
+)
+def test_dataset_ref(found: dict[Any, Any], uris: dict[str, str], waiting: str | None) -> None:
+    r = resolve(job(), found)
+    assert r.uris == uris
+    assert (waiting in " ".join(r.waiting)) if waiting else r.ready
+
+
+@pytest.mark.parametrize(
+    ("status", "uri"),
+    [({"phase": "Running"}, None), ({"phase": "Succeeded", "outputModel": "s3://m/base"}, "s3://m/base")],
+)
+def test_model_from_a_trainingjob(status: dict[str, Any], uri: str | None) -> None:
+    j = job(model={"trainingJob": {"name": "base"}}, data={"uri": "/d"})
+    r = resolve(j, {("TrainingJob", "base"): {"status": status}})
+    assert r.uris.get("model") == uri
+    assert r.ready == (uri is not None)
+
+
+def test_model_from_a_tuningstudys_best_trial() -> None:
+    j = job(model={"tuningStudy": {"name": "s"}}, data={"uri": "/d"})
+    assert not resolve(j, {("TuningStudy", "s"): {"status": {}}}).ready
+    best = {"status": {"bestTrial": {"number": 3, "value": "0.1", "model": "pvc://m/t3"}}}
+    assert resolve(j, {("TuningStudy", "s"): best}).uris == {"model": "pvc://m/t3"}
