@@ -165,6 +165,20 @@ def test_deleting_the_job_leaves_no_children(kube: Kube, namespace: str, operato
     eventually(gone, timeout=60, what="garbage collection of pods, Service and PodGroup")
 
 
+def test_drift_of_owned_objects_is_corrected(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(trainingjob("kept", nodes=1), namespace)
+    eventually(lambda: phase_is(kube, namespace, "kept", "Running"), timeout=60, what="Running")
+    kube.patch("service", "kept", namespace, {"spec": {"publishNotReadyAddresses": False}})
+
+    def restored() -> bool:
+        return bool(kube.get("service", "kept", namespace)["spec"].get("publishNotReadyAddresses"))
+
+    eventually(restored, timeout=30, what="the operator to restore its Service")
+    kube.run("delete", "service", "kept", "-n", namespace)
+    eventually(lambda: kube.run("get", "service", "kept", "-n", namespace, check=False).returncode == 0,
+               timeout=30, what="the Service recreated")  # fmt: skip
+
+
 def test_operator_restarted_midway_converges_without_duplicates(
     dev_cluster: DevCluster, kube: Kube, tmp_path: Path
 ) -> None:

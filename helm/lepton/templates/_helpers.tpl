@@ -37,7 +37,7 @@ their TTL) and the children it creates: training pods, their headless Services a
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: ["scheduling.k8s.io"]
   resources: [podgroups]
   verbs: [get, create, patch, delete]

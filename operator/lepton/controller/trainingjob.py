@@ -49,6 +49,7 @@ class TrainingJobController:
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._wake: dict[tuple[str, str], asyncio.Event] = {}
         self._index: PodIndex | None = None
+        self._drift: dict[tuple[str, str], int] = {}
 
     async def _render_settings(self) -> RenderSettings:
         if not self._gang_checked:  # native gang scheduling, when the cluster serves it
@@ -136,10 +137,16 @@ class TrainingJobController:
         if key in self._wake:
             self._wake[key].set()
 
+    def drifted(self, key: tuple[str, str]) -> None:
+        """Something changed an owned object (the Service): reconcile, which re-applies it."""
+        self._drift[key] = self._drift.get(key, 0) + 1
+        self.poke(key)
+
     async def forget(self, key: tuple[str, str]) -> None:
         task = self._tasks.pop(key, None)
         self._bodies.pop(key, None)
         self._wake.pop(key, None)
+        self._drift.pop(key, None)
         self.metrics.observe_phase("TrainingJob", key[0], key[1], None)
         if task is not None:
             task.cancel()
@@ -158,7 +165,7 @@ class TrainingJobController:
             raw_pods = pods_of(self._index, namespace, name) if self._index is not None else []
             # Act only when something the decision reads changed, or when time matters (backoff, deadlines).
             fingerprint = (repr(body.get("metadata", {}).get("generation")), repr(body.get("status")),
-                           _pods_fingerprint(raw_pods))  # fmt: skip
+                           _pods_fingerprint(raw_pods), self._drift.get(key, 0))  # fmt: skip
             wait = POLL_SECONDS * 10
             if fingerprint != last or _time_sensitive(body):
                 try:
@@ -214,8 +221,12 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingJobController)
         else:
             controller.track(key, {k: body[k] for k in body}, kwargs[INDEX], logger)
 
+    @kopf.on.event("services", labels={"lepton.ai/kind": "TrainingJob"}, registry=registry, id="service-drift")
+    async def service_event(body: kopf.Body, labels: Mapping[str, str], **_: Any) -> None:
+        controller.drifted((str(body.metadata.namespace), labels.get("lepton.ai/name", "")))
+
     @kopf.on.cleanup(registry=registry)
     async def stop_loops(**_: Any) -> None:
         await controller.stop_all()
 
-    del trainingjob_pods, trainingjob_event, stop_loops  # registered; nothing else refers to them
+    del trainingjob_pods, trainingjob_event, service_event, stop_loops  # registered; nothing else refers to them
