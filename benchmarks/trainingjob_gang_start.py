@@ -126,8 +126,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    # Room for both runs at once: each job takes 2 GPUs; one node is 8 GPUs.
-    nodes = math.ceil(args.jobs * 2 * 2 / GPUS_PER_NODE) + 2
+    # Room for one run: each job takes 2 GPUs; one node has 8. The baseline's pods go before the next run.
+    nodes = math.ceil(args.jobs * 2 / GPUS_PER_NODE) + 2
     cluster = DevCluster("lepton-p1")
     cluster.down()
     cluster.up(nodes=nodes, gpus_per_node=GPUS_PER_NODE)
@@ -139,6 +139,7 @@ def main() -> None:
     t0 = time.perf_counter()
     baseline = asyncio.run(run(api, base_ns, args.jobs, args.concurrency, direct=True))
     base_wall = time.perf_counter() - t0
+    cluster.kubectl("delete", "namespace", base_ns, "--wait=true", "--timeout=600s")
 
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "LEPTON_WATCH_NAMESPACES": op_ns,
            "LEPTON_METRICS_PORT": "0", "LEPTON_LOG_LEVEL": "WARNING"}  # fmt: skip
