@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# dev: linters and test tools; train: torch + transformers for the trainer's workload tier (a large
+# download once; pip's cache keeps it).
+python3 -m pip install --quiet --disable-pip-version-check -e '.[dev,train]'
 bash hack/build-binaries.sh

@@ -1,0 +1,76 @@
+"""The workloads tier: real torchrun processes (gloo, CPU) on a tiny model built here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES
+
+CORPUS = EXAMPLES / "data" / "tickets.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lepton.workloads.trainer.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", CORPUS)
+
+
+def trainer_config(model: Path, run_dir: Path, **hyper: Any) -> dict[str, Any]:
+    hp = {"learningRate": 0.003, "batchSize": 4, "maxSteps": 40, "warmupSteps": 2, "maxSeqLength": 48,
+          "seed": 1, "lrScheduler": "linear"} | hyper  # fmt: skip
+    return {
+        "job": "test/tiny",
+        "task": "causal-lm",
+        "modelPath": str(model),
+        "data": {"path": str(CORPUS), "validationFraction": 0.1},
+        "hyperparameters": hp,
+        "backend": "gloo",
+        "checkpointDir": str(run_dir / "ckpt"),
+        "checkpointEverySteps": 5,
+        "outputDir": str(run_dir / "out"),
+        "metricsPort": 0,
+    }
+
+
+def torchrun(config: dict[str, Any], run_dir: Path, procs: int = 2) -> subprocess.Popen[bytes]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    path.write_text(json.dumps(config))
+    log = (run_dir / "torchrun.log").open("ab")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={procs}",
+           "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "--max-restarts=0",
+           "-m", "lepton.workloads.trainer", "--config", str(path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError((run_dir / "torchrun.log").read_text()[-4000:]) from None
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (run_dir / "out" / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -1,0 +1,69 @@
+"""The trainer under a real 2-process torchrun (gloo on CPU): it learns, it resumes exactly, it exports
+a model that loads and generates, and it fails clearly on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.workloads.conftest import finish, losses, torchrun, trainer_config, wait_for
+
+
+def test_two_processes_learn_and_export_a_model(tiny_model: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert finish(torchrun(trainer_config(tiny_model, run), run), run) == 0, (run / "torchrun.log").read_text()
+    curve = losses(run)
+    assert sorted(curve) == list(range(1, 41))
+    first, last = sum(curve[s] for s in range(1, 6)) / 5, sum(curve[s] for s in range(36, 41)) / 5
+    assert last < first * 0.8, f"loss did not decrease: {first:.3f} -> {last:.3f}"
+    meta = json.loads((run / "out" / "lepton-training.json").read_text())
+    assert meta["steps"] == 40 and meta["world_size"] == 2 and meta["eval_loss"] is not None
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(run / "out")
+    tok = AutoTokenizer.from_pretrained(run / "out")
+    ids = tok("Ticket 7: the dashboard", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_resume_after_sigterm_replays_the_uninterrupted_loss_curve(tiny_model: Path, tmp_path: Path) -> None:
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert finish(torchrun(trainer_config(tiny_model, whole), whole), whole) == 0
+    proc = torchrun(trainer_config(tiny_model, broken), broken)
+    wait_for((broken / "ckpt" / "step-00000010").exists, 120, "the step-10 checkpoint")
+    os.killpg(proc.pid, signal.SIGTERM)  # as Kubernetes does when it deletes the pod
+    assert finish(proc, broken) != 0
+    stopped_at = max(losses(broken))
+    assert stopped_at < 40, "the run should have been interrupted"
+    assert finish(torchrun(trainer_config(tiny_model, broken), broken), broken) == 0
+    log = (broken / "torchrun.log").read_text()
+    assert "resumed from step-" in log
+    replay, reference = losses(broken), losses(whole)
+    assert sorted(replay) == list(range(1, 41))
+    for step in range(1, 41):
+        assert replay[step] == pytest.approx(reference[step], abs=1e-6), f"step {step} differs after resume"
+
+
+def test_bad_data_fails_with_a_clear_message(tiny_model: Path, tmp_path: Path) -> None:
+    run = tmp_path / "bad"
+    config = trainer_config(tiny_model, run)
+    config["data"]["textField"] = "body"
+    assert finish(torchrun(config, run, procs=1), run) != 0
+    assert "no text in field 'body'" in (run / "torchrun.log").read_text()
+
+
+def test_invalid_configuration_is_rejected_before_torch_starts(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({"job": "x"}))
+    proc = subprocess.run([sys.executable, "-m", "lepton.workloads.trainer", "--config", str(bad)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "invalid trainer configuration" in proc.stderr and "modelPath" in proc.stderr
