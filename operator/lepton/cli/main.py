@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdout", action="store_true", help="print all CRDs as one YAML stream")
     p.set_defaults(func=crds.command)
 
+    p = sub.add_parser("run", help="run a manifest on this machine as local processes (no cluster needed)")
+    p.add_argument("-f", "--filename", type=Path, required=True, help="manifest with one TrainingJob")
+    p.add_argument("--runs-dir", type=Path, default=Path(".lepton/runs"), help="where run directories go")
+    p.set_defaults(func=_run)
+
     p = sub.add_parser("validate", help="validate manifests with the same rules the apiserver enforces")
     p.add_argument("-f", "--filename", type=Path, action="append", required=True, help="file or directory")
     p.set_defaults(func=manifests.validate_command)
@@ -65,6 +70,30 @@ def _operator(args: argparse.Namespace) -> int:
         return 2
     run(settings)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lepton.api.kinds import TrainingJob
+    from lepton.api.validation import ManifestError, parse
+    from lepton.local.trainingjob import LocalRunError, run
+
+    try:
+        docs = list(manifests.load_documents(args.filename))
+        resources = [parse(d) for d in docs]
+    except (ManifestError, OSError) as exc:
+        print(f"leptonctl run: {exc}", file=sys.stderr)
+        return 2
+    jobs = [r for r in resources if isinstance(r, TrainingJob)]
+    if len(jobs) != 1 or len(resources) != 1:
+        kinds = ", ".join(r.kind for r in resources) or "nothing"
+        print(f"leptonctl run: expected one TrainingJob (the local backend runs TrainingJobs), found {kinds}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        return run(jobs[0], args.runs_dir, lambda m: print(m, file=sys.stderr, flush=True), sys.stderr.isatty())
+    except LocalRunError as exc:
+        print(f"leptonctl run: {exc}", file=sys.stderr)
+        return 2
 
 
 def _dev(args: argparse.Namespace) -> DevCluster:
