@@ -79,6 +79,15 @@ UNSCHED = "0/5 nodes are available: 4 Insufficient nvidia.com/gpu. pod group is 
             "1/2",
         ),
         ("all running", job(), RUNNING, "Running", "Running", True, "2/2"),
+        (
+            "crash loop in a sidecar stalls",
+            job(),
+            [replace(pod(0, "Pending"), scheduled=True, waiting_reason="CrashLoopBackOff"), pod(1)],
+            "Starting",
+            "CrashLoopBackOff",
+            True,
+            "1/2",
+        ),
         ("all succeeded", job(), [pod(0, "Succeeded"), pod(1, "Succeeded")], "Succeeded", "Succeeded", False, "0/2"),
         (
             "rank OOM-killed: gang restart",
@@ -246,3 +255,21 @@ def test_a_job_waits_for_what_it_references() -> None:
     resolved = decide(job(status=d.status.to_wire()), [], NOW)
     refs = get_condition(resolved.status.conditions, "ReferencesResolved")
     assert resolved.create and refs is not None and refs.status == "True"
+
+
+def test_rank_zero_progress_reaches_status() -> None:
+    report = {"step": 30, "totalSteps": 120, "epoch": 0.75, "loss": 2.345678, "samplesPerSecond": 912.44,
+              "etaSeconds": 40.2, "checkpoint": "/mnt/pvc/models/llm/checkpoints/step-00000030"}  # fmt: skip
+    st = decide(job(), RUNNING, NOW, progress=report).status
+    assert st.progress is not None and st.progress.to_wire() == {
+        "step": 30, "totalSteps": 120, "percent": 25, "epoch": 0.75, "loss": "2.3457",
+        "samplesPerSecond": "912.4", "etaSeconds": 40,
+    }  # fmt: skip
+    assert st.latest_checkpoint == report["checkpoint"]
+    odd = decide(job(), RUNNING, NOW, progress={"step": "x", "loss": None}).status
+    assert odd.progress is not None and odd.progress.step is None and odd.phase == "Running"
+
+
+def test_success_records_where_the_model_is() -> None:
+    d = decide(job(), [pod(0, "Succeeded"), pod(1, "Succeeded")], NOW)
+    assert d.status.output_model == "pvc://models/tiny-gpt2-support"

@@ -67,3 +67,45 @@ def test_invalid_configuration_is_rejected_before_torch_starts(tmp_path: Path) -
     proc = subprocess.run([sys.executable, "-m", "lepton.workloads.trainer", "--config", str(bad)],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 2 and "invalid trainer configuration" in proc.stderr and "modelPath" in proc.stderr
+
+
+def test_distillation_and_int8_export_give_a_model_that_loads_and_predicts(tiny_model: Path, tmp_path: Path) -> None:
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    assert finish(torchrun(trainer_config(tiny_model, teacher, maxSteps=30), teacher), teacher) == 0
+    config = trainer_config(tiny_model, student, maxSteps=20)
+    config |= {"distillation": {"teacher": {"uri": str(teacher / "out")}, "temperature": 2.0, "alpha": 0.7},
+               "teacherPath": str(teacher / "out"), "quantization": "dynamic-int8"}  # fmt: skip
+    assert finish(torchrun(config, student), student) == 0, (student / "torchrun.log").read_text()[-3000:]
+    meta = json.loads((student / "out" / "lepton-training.json").read_text())
+    assert meta["distillation"]["alpha"] == 0.7 and meta["int8_layers"] >= 1
+    curve = losses(student)
+    assert curve[20] < curve[1], "the distilled student learns"
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lepton.workloads.trainer.export import load_int8
+
+    tok = AutoTokenizer.from_pretrained(student / "out")
+    int8 = load_int8(student / "out", AutoModelForCausalLM)
+    fp32 = AutoModelForCausalLM.from_pretrained(student / "out").eval()
+    ids = tok("Ticket 3: billing charges us twice.", return_tensors="pt")
+    import torch
+
+    with torch.no_grad():
+        a, b = fp32(**ids).logits, int8(**ids).logits
+    assert a.shape == b.shape and torch.isfinite(b).all()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.8, "int8 predicts what fp32 predicts, mostly"
+    out = int8.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 4
+
+
+def test_teacher_with_another_vocabulary_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    other = tmp_path / "other"
+    GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=16, n_layer=1, n_head=1)).save_pretrained(other)
+    run = tmp_path / "run"
+    config = trainer_config(tiny_model, run) | {"distillation": {"teacher": {"uri": str(other)}},
+                                                "teacherPath": str(other)}  # fmt: skip
+    assert finish(torchrun(config, run, procs=1), run) != 0
+    assert "teacher and student disagree on the output size" in (run / "torchrun.log").read_text()

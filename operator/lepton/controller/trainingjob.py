@@ -17,17 +17,20 @@ from typing import Any
 import kopf
 
 from lepton.api import GROUP, VERSION, TrainingJob
+from lepton.api.contract import METRICS_PORT
 from lepton.api.kinds import API_VERSION
 from lepton.api.trainingjob import TrainingJobStatus
 from lepton.api.validation import ManifestError, parse
 from lepton.controller.kube import PLURALS, KubeClient, KubeError, api_path
 from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.patching import status_patch
+from lepton.controller.progress import fetch_progress
 from lepton.render.trainingjob import RenderSettings, Resolved, render
 from lepton.status.lifecycle import invalid_spec
 from lepton.status.references import Resolution, references, resolve
 from lepton.status.trainingjob import TERMINAL, PodView, decide, parse_time
 
+PROGRESS_SECONDS = 10.0  # how often rank 0's progress is read while a job runs
 POLL_SECONDS = 1.0  # while time-sensitive (backoff, deadlines); otherwise events wake the loop
 INDEX = "trainingjob_pods"
 
@@ -50,6 +53,8 @@ class TrainingJobController:
         self._wake: dict[tuple[str, str], asyncio.Event] = {}
         self._index: PodIndex | None = None
         self._drift: dict[tuple[str, str], int] = {}
+        self._progress: dict[tuple[str, str], dict[str, Any]] = {}
+        self._scraped: dict[tuple[str, str], float] = {}
 
     async def _render_settings(self) -> RenderSettings:
         if not self._gang_checked:  # native gang scheduling, when the cluster serves it
@@ -76,8 +81,10 @@ class TrainingJobController:
                 return None
             assert isinstance(job, TrainingJob)
             resolution = await self._resolve(job, raw_pods)
-            decision = decide(job, [PodView.of(p) for p in raw_pods], datetime.now(UTC), self.backoff_base,
-                              waiting_for=resolution.waiting)  # fmt: skip
+            decision = decide(
+                job, [PodView.of(p) for p in raw_pods], datetime.now(UTC), backoff_base=self.backoff_base,
+                waiting_for=resolution.waiting, progress=self._progress.get((namespace, name)),
+            )  # fmt: skip
             existing = {p["metadata"]["name"]: p for p in raw_pods}
             for pod_name, pod in existing.items():
                 if pod_name not in decision.keep and not pod["metadata"].get("deletionTimestamp"):
@@ -97,6 +104,23 @@ class TrainingJobController:
         finally:
             self.metrics.reconciles.labels(kind="TrainingJob", outcome=outcome).inc()
             self.metrics.duration.labels(kind="TrainingJob").observe(time.perf_counter() - started)
+
+    async def _scrape(self, key: tuple[str, str], body: Mapping[str, Any], raw_pods: list[dict[str, Any]]) -> None:
+        """Every PROGRESS_SECONDS while running, read rank 0's /progress over the pod network: the
+        training pods need no API access and no sidecar for their progress to reach status."""
+        if (body.get("status") or {}).get("phase") != "Running":
+            return
+        if time.monotonic() - self._scraped.get(key, 0.0) < PROGRESS_SECONDS:
+            return
+        self._scraped[key] = time.monotonic()
+        attempt = str((body.get("status") or {}).get("attempt", 0))
+        rank0 = next((p for p in raw_pods if p["metadata"].get("labels", {}).get("lepton.ai/node-index") == "0"
+                      and p["metadata"]["labels"].get("lepton.ai/attempt") == attempt), None)  # fmt: skip
+        ip = (rank0 or {}).get("status", {}).get("podIP")
+        if ip:
+            report = await fetch_progress(f"http://{ip}:{METRICS_PORT}/progress")
+            if report is not None:
+                self._progress[key] = report
 
     async def _resolve(self, job: TrainingJob, raw_pods: list[dict[str, Any]]) -> Resolution:
         """Fetch what the job references (only before its gang exists) and resolve it purely."""
@@ -147,6 +171,8 @@ class TrainingJobController:
         self._bodies.pop(key, None)
         self._wake.pop(key, None)
         self._drift.pop(key, None)
+        self._progress.pop(key, None)
+        self._scraped.pop(key, None)
         self.metrics.observe_phase("TrainingJob", key[0], key[1], None)
         if task is not None:
             task.cancel()
@@ -164,9 +190,11 @@ class TrainingJobController:
             self._wake[key].clear()
             raw_pods = pods_of(self._index, namespace, name) if self._index is not None else []
             # Act only when something the decision reads changed, or when time matters (backoff, deadlines).
+            await self._scrape(key, body, raw_pods)
             fingerprint = (repr(body.get("metadata", {}).get("generation")), repr(body.get("status")),
-                           _pods_fingerprint(raw_pods), self._drift.get(key, 0))  # fmt: skip
-            wait = POLL_SECONDS * 10
+                           _pods_fingerprint(raw_pods), self._drift.get(key, 0),
+                           repr(self._progress.get(key)))  # fmt: skip
+            wait = PROGRESS_SECONDS if (body.get("status") or {}).get("phase") == "Running" else POLL_SECONDS * 10
             if fingerprint != last or _time_sensitive(body):
                 try:
                     requeue = await self.reconcile_once(body, raw_pods)

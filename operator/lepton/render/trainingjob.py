@@ -152,9 +152,22 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: _Mounts) -> Tra
         resume=spec.checkpoint.resume,
         output_dir=output_dir,
         distillation=spec.distillation,
-        teacher_path=_strip_file(resolved.teacher_uri) if resolved.teacher_uri else None,
+        teacher_path=_teacher_path(job, resolved, mounts),
         quantization=spec.export.quantization,
     )
+
+
+def _teacher_path(job: TrainingJob, resolved: Resolved, mounts: _Mounts) -> str | None:
+    teacher = job.spec.distillation.teacher if job.spec.distillation else None
+    if teacher is None:
+        return None
+    if resolved.teacher_uri:
+        return _strip_file(resolved.teacher_uri)
+    if teacher.pvc is not None:
+        return mounts.path(teacher.pvc.claim_name, teacher.pvc.path, read_only=True)
+    if teacher.hub is not None:
+        return teacher.hub.id
+    return _strip_file(teacher.uri) if teacher.uri else None
 
 
 def torchrun_command(job: TrainingJob, attempt: int, service: str) -> list[str]:

@@ -15,11 +15,18 @@ from typing import Any
 from lepton.api.conditions import ConditionType, Reason, set_condition
 from lepton.api.kinds import TrainingJob
 from lepton.api.trainingjob import Failure, TrainingJobStatus, pod_name
+from lepton.status.progress import checkpoint_from, progress_from
 
 PENDING, STARTING, RUNNING, RESTARTING = "Pending", "Starting", "Running", "Restarting"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
 TERMINAL = (SUCCEEDED, FAILED)
-STALLING_WAIT_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError")
+STALLING_WAIT_REASONS = (
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CrashLoopBackOff",  # only from init or sidecar containers: the trainer itself never restarts in place
+)
 
 
 def rfc3339(t: datetime) -> str:
@@ -94,6 +101,14 @@ class Decision:
     requeue_after: float | None = None  # look again then, even if nothing changes
 
 
+def output_location(job: TrainingJob) -> str:
+    """Where the final model is, in the form modelFrom references resolve to."""
+    out = job.spec.output
+    if out.pvc is not None:
+        return f"pvc://{out.pvc.claim_name}/{out.pvc.path}".rstrip("/")
+    return out.uri or ""
+
+
 def backoff_seconds(restarts: int, base: float = 10.0, cap: float = 300.0) -> float:
     """10 s, 20 s, 40 s, … up to 5 min: time for a node or a flaky dependency to recover."""
     return float(min(cap, base * 2 ** max(restarts - 1, 0)))
@@ -131,8 +146,10 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     job: TrainingJob,
     pods: Sequence[PodView],
     now: datetime,
+    *,
     backoff_base: float = 10.0,
     waiting_for: Sequence[str] = (),
+    progress: Mapping[str, Any] | None = None,
 ) -> Decision:
     spec, previous = job.spec, job.status
     generation = int(job.metadata.generation or 0)
@@ -146,6 +163,11 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     names = frozenset(pod_name(job.metadata.name, attempt, i) for i in range(total))
     current = [p for p in pods if p.attempt == attempt and not p.deleting]
     status = previous.model_copy(update={"observed_generation": generation, "attempt": attempt})
+    if progress:  # rank 0's latest report; kept when a report is missing
+        status = status.model_copy(update={
+            "progress": progress_from(progress),
+            "latest_checkpoint": checkpoint_from(progress) or previous.latest_checkpoint,
+        })  # fmt: skip
     c = _Conditions(status, generation, rfc3339(now))
 
     def done(phase: str, *, create: bool, keep: frozenset[str], requeue: float | None = None) -> Decision:
@@ -233,7 +255,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         c.set(ConditionType.SUCCEEDED, True, Reason.SUCCEEDED, f"All {len(succeeded)} nodes finished")
         c.set(ConditionType.FAILED, False, Reason.SUCCEEDED)
         c.story(ready=False, reconciling=False, stalled=False, reason=Reason.SUCCEEDED, message="Training finished")
-        c.status = c.status.model_copy(update={"completion_time": rfc3339(now)})
+        c.status = c.status.model_copy(update={"completion_time": rfc3339(now), "output_model": output_location(job)})
         return done(SUCCEEDED, create=False, keep=frozenset(p.name for p in current))
 
     stalled_pod = next((p for p in current if p.waiting_reason in STALLING_WAIT_REASONS), None)

@@ -28,13 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid trainer configuration:\n{exc}", file=sys.stderr)
         return 2
-    from lepton.workloads.trainer.data import DataError  # torch loads only once the config is valid
+    from lepton.workloads.trainer.data import TrainerError  # torch loads only once the config is valid
     from lepton.workloads.trainer.train import run
 
     try:
         return run(config)
-    except DataError as exc:
-        print(f"[trainer] data error: {exc}", file=sys.stderr)
+    except TrainerError as exc:
+        print(f"[trainer] error: {exc}", file=sys.stderr)
         return 3
 
 

@@ -42,8 +42,8 @@ def save(root: Path, step: int, *, rank: int, world: int, state: dict[str, Any],
     return final
 
 
-def load(path: Path, rank: int) -> tuple[dict[str, Any], Any]:
-    state = torch.load(path / "state.pt", weights_only=False)
+def load(path: Path, rank: int, map_location: torch.device | str = "cpu") -> tuple[dict[str, Any], Any]:
+    state = torch.load(path / "state.pt", weights_only=False, map_location=map_location)
     rng_file = path / f"rng-{rank}.pt"
-    rng = torch.load(rng_file, weights_only=False) if rng_file.exists() else None
+    rng = torch.load(rng_file, weights_only=False, map_location="cpu") if rng_file.exists() else None
     return state, rng

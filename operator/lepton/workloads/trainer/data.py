@@ -12,7 +12,11 @@ import torch
 from lepton.api.contract import TrainerData
 
 
-class DataError(ValueError):
+class TrainerError(ValueError):
+    """A problem the user can fix (data, model, configuration); reported without a traceback."""
+
+
+class DataError(TrainerError):
     pass
 
 

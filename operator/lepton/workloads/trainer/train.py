@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch.nn.parallel import DistributedDataParallel
 from transformers import (
     AutoConfig,
@@ -31,7 +32,8 @@ from transformers import (
 
 from lepton.api.contract import TrainerConfig
 from lepton.workloads.trainer import checkpoint
-from lepton.workloads.trainer.data import DataError, collate, epoch_order, read_rows, tokenize
+from lepton.workloads.trainer.data import DataError, TrainerError, collate, epoch_order, read_rows, tokenize
+from lepton.workloads.trainer.export import export_int8
 from lepton.workloads.trainer.progress import Progress
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped on request, after a checkpoint
@@ -40,7 +42,8 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped on request, after a checkpoint
 class Stop:
     """SIGTERM (pod deletion, suspend) asks every rank to checkpoint and leave at the next step."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.requested = False
         signal.signal(signal.SIGTERM, self._handle)
 
@@ -48,14 +51,82 @@ class Stop:
         self.requested = True
 
     def agreed(self) -> bool:
-        flag = torch.tensor([1 if self.requested else 0])
+        flag = torch.tensor([1 if self.requested else 0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+
+def device_for(backend: str) -> torch.device:
+    """nccl: this process's GPU (torchrun's LOCAL_RANK); gloo: the CPU."""
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise TrainerError("backend nccl needs a CUDA GPU in the pod; none is visible (check gpusPerNode)")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 on GPUs that support it; fp32 on CPU (autocast on CPU is slower than it helps)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def log(rank: int, message: str) -> None:
     if rank == 0:
         print(f"[trainer] {message}", file=sys.stderr, flush=True)
+
+
+class Distiller:
+    """Knowledge distillation: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the task loss,
+    over the positions the task loss counts (non-padding tokens, or the sequence for classification)."""
+
+    def __init__(self, cfg: TrainerConfig, student_config: Any, device: torch.device) -> None:
+        assert cfg.distillation is not None
+        self.temperature, self.alpha = cfg.distillation.temperature, cfg.distillation.alpha
+        if not cfg.teacher_path:
+            raise TrainerError("distillation needs a teacher model location (distillation.teacher)")
+        config = AutoConfig.from_pretrained(cfg.teacher_path)
+        size = config.num_labels if cfg.task == "sequence-classification" else config.vocab_size
+        wanted = student_config.num_labels if cfg.task == "sequence-classification" else student_config.vocab_size
+        if size != wanted:
+            raise TrainerError(f"teacher and student disagree on the output size ({size} != {wanted}): "
+                               "distillation needs the same tokenizer or label set")  # fmt: skip
+        cls: Any = AutoModelForSequenceClassification if cfg.task == "sequence-classification" else AutoModelForCausalLM
+        self.teacher: Any = cls.from_pretrained(cfg.teacher_path).to(device).eval()
+        self.teacher.requires_grad_(False)
+
+    def loss(self, student_out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self.teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        s, t = student_out.logits, teacher_logits
+        if s.dim() == 3:  # causal LM: next-token distributions where a label exists
+            keep = batch["labels"][:, 1:] != -100
+            s, t = s[:, :-1][keep], t[:, :-1][keep]
+        temp = self.temperature
+        kl = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
+                      reduction="batchmean") * temp * temp  # fmt: skip
+        combined: torch.Tensor = self.alpha * kl + (1 - self.alpha) * student_out.loss
+        return combined
 
 
 def _load_model(cfg: TrainerConfig) -> Any:
@@ -85,25 +156,28 @@ def _samples(cfg: TrainerConfig, tokenizer: Any) -> tuple[list[Any], list[Any]]:
     return encode(trains), encode(evals)
 
 
-def _batch(items: list[Any], cfg: TrainerConfig, pad_id: int) -> dict[str, torch.Tensor]:
+def _batch(items: list[Any], cfg: TrainerConfig, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     if cfg.task == "sequence-classification":
         out = collate([ids for ids, _ in items], pad_id)
         out["labels"] = torch.tensor([label for _, label in items])
-        return out
-    return collate(items, pad_id)
+    else:
+        out = collate(items, pad_id)
+    return {k: v.to(device, non_blocking=True) for k, v in out.items()}
 
 
-def _evaluate(model: Any, data: list[Any], cfg: TrainerConfig, *, pad_id: int, rank: int, world: int) -> float | None:
+def _evaluate(
+    model: Any, data: list[Any], cfg: TrainerConfig, *, pad_id: int, rank: int, world: int, device: torch.device
+) -> float | None:
     if not data:
         return None
     model.eval()
-    total, count = torch.zeros(1), torch.zeros(1)
+    total, count = torch.zeros(1, device=device), torch.zeros(1, device=device)
     batch = cfg.hyperparameters.batch_size
     mine = data[rank::world]
     with torch.no_grad():
         for i in range(0, len(mine), batch):
             items = mine[i : i + batch]
-            total += model(**_batch(items, cfg, pad_id)).loss.detach() * len(items)
+            total += model(**_batch(items, cfg, pad_id, device)).loss.detach().float() * len(items)
             count += len(items)
     dist.all_reduce(total)
     dist.all_reduce(count)
@@ -112,12 +186,15 @@ def _evaluate(model: Any, data: list[Any], cfg: TrainerConfig, *, pad_id: int, r
 
 
 def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bottom
+    if cfg.strategy == "fsdp":
+        raise TrainerError("strategy fsdp is not available in this release of the trainer; use strategy ddp")
+    device = device_for(cfg.backend)
     dist.init_process_group(backend=cfg.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     hp = cfg.hyperparameters
     torch.manual_seed(hp.seed)  # identical initial weights on every rank
     torch.use_deterministic_algorithms(True, warn_only=True)
-    stop = Stop()
+    stop = Stop(device)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
     if tokenizer.pad_token is None:
@@ -132,7 +209,11 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         raise DataError(f"{len(train)} training rows are fewer than one step needs ({per_step} = world {world} "
                         f"x batch {hp.batch_size} x accumulation {hp.gradient_accumulation_steps})")  # fmt: skip
     total = hp.max_steps or math.ceil((hp.epochs or 1) * steps_per_epoch)
-    ddp = DistributedDataParallel(model)
+    model.to(device)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    amp = autocast_dtype(hp.precision, device)
+    distiller = Distiller(cfg, model.config, device) if cfg.distillation is not None else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
     scheduler = get_scheduler(hp.lr_scheduler, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=total)
 
@@ -140,13 +221,15 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     step = 0
     found = checkpoint.latest(ckpt_root) if cfg.resume == "latest" else None
     if found is not None:
-        state, rng = checkpoint.load(found, rank)
+        state, rng = checkpoint.load(found, rank, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         if rng is not None:
-            torch.set_rng_state(rng)
+            _set_rng_state(rng, device)
         log(rank, f"resumed from {found.name} at step {step}")
 
     progress = Progress(total, rank)
@@ -155,7 +238,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     history = out / "train_log.jsonl"
-    started, eval_loss = time.monotonic(), None
+    started, eval_loss, ckpt_seconds = time.monotonic(), None, 0.0
     ddp.train()
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -166,21 +249,27 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
             first = (micro * world + rank) * hp.batch_size
             items = [train[i] for i in block[first : first + hp.batch_size]]
             sync = contextlib.nullcontext() if micro == hp.gradient_accumulation_steps - 1 else ddp.no_sync()
-            with sync:
-                loss = ddp(**_batch(items, cfg, pad_id)).loss / hp.gradient_accumulation_steps
-                loss.backward()
+            cast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+            with sync, cast:
+                batch = _batch(items, cfg, pad_id, device)
+                output = ddp(**batch)
+                task_loss = distiller.loss(output, batch) if distiller is not None else output.loss
+                loss = task_loss / hp.gradient_accumulation_steps
+            scaler.scale(loss).backward()
             loss_sum += float(loss.detach())
         if hp.max_grad_norm > 0:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        mean = torch.tensor([loss_sum])
+        mean = torch.tensor([loss_sum], device=device)
         dist.all_reduce(mean)
         loss_value = float(mean.item()) / world
         if hp.eval_every_steps and step % hp.eval_every_steps == 0:
-            eval_loss = _evaluate(ddp.module, evals, cfg, pad_id=pad_id, rank=rank, world=world)
+            eval_loss = _evaluate(ddp.module, evals, cfg, pad_id=pad_id, rank=rank, world=world, device=device)
         rate = per_step * (step - progress.state["startStep"]) / max(time.monotonic() - started, 1e-9)
         progress.update(step=step, epoch=step / steps_per_epoch, loss=loss_value, samplesPerSecond=rate,
                         evalLoss=eval_loss)  # fmt: skip
@@ -190,20 +279,30 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         preempted = stop.agreed()
         if step % cfg.checkpoint_every_steps == 0 or preempted or step == total:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "step": step, "rng": torch.get_rng_state()}  # fmt: skip
-            checkpoint.save(ckpt_root, step, rank=rank, world=world, state=state, keep=cfg.checkpoint_keep)
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                     "rng": _rng_state(device)}  # fmt: skip
+            t0 = time.monotonic()
+            saved = checkpoint.save(ckpt_root, step, rank=rank, world=world, state=state, keep=cfg.checkpoint_keep)
+            ckpt_seconds += time.monotonic() - t0
+            progress.update(checkpoint=str(saved))
         if preempted:
             log(rank, f"stopped on SIGTERM after checkpointing step {step}")
             dist.destroy_process_group()
             return EXIT_PREEMPTED
 
-    eval_loss = _evaluate(ddp.module, evals, cfg, pad_id=pad_id, rank=rank, world=world)
+    train_seconds = time.monotonic() - started - ckpt_seconds
+    trained = per_step * (step - int(progress.state["startStep"]))
+    eval_loss = _evaluate(ddp.module, evals, cfg, pad_id=pad_id, rank=rank, world=world, device=device)
     if rank == 0:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        quantized = export_int8(model, out) if cfg.quantization == "dynamic-int8" else None
         meta = {"job": cfg.job, "task": cfg.task, "steps": step, "world_size": world, "final_loss": loss_value,
                 "eval_loss": eval_loss, "train_rows": len(train), "data": cfg.data.to_wire(),
-                "hyperparameters": hp.to_wire(), "source_model": cfg.model_path}  # fmt: skip
+                "hyperparameters": hp.to_wire(), "source_model": cfg.model_path,
+                "distillation": cfg.distillation.to_wire() if cfg.distillation else None,
+                "int8_layers": quantized, "train_seconds": train_seconds, "checkpoint_seconds": ckpt_seconds,
+                "samples_per_second": trained / max(train_seconds, 1e-9)}  # fmt: skip
         (out / "lepton-training.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         log(rank, f"done: {step} steps, loss {loss_value:.4f}, model in {out}")
     dist.barrier()
