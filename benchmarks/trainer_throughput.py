@@ -39,16 +39,21 @@ def trainer_run(model: Path, work: Path, steps: int, batch: int) -> tuple[float,
         "checkpointDir": str(work / "ckpt"), "checkpointEverySteps": steps, "outputDir": str(work / "out"),
         "resume": "none",
     }  # fmt: skip
+    work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(config))
-    subprocess.run([*TORCHRUN, "-m", "lepton.workloads.trainer", "--config", str(work / "config.json")], env=ENV,
-                   check=True, capture_output=True)  # fmt: skip
+    proc = subprocess.run([*TORCHRUN, "-m", "lepton.workloads.trainer", "--config", str(work / "config.json")],
+                          env=ENV, check=False, capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"trainer failed:\n{proc.stderr[-3000:]}")
     meta = json.loads((work / "out" / "lepton-training.json").read_text())
     return float(meta["samples_per_second"]), float(meta["checkpoint_seconds"])
 
 
 def plain_run(model: Path, steps: int, batch: int) -> float:
     out = subprocess.run([*TORCHRUN, str(ROOT / "benchmarks" / "plain_ddp.py"), str(model), str(DATA), str(steps),
-                          str(batch)], env=ENV, check=True, capture_output=True, text=True)  # fmt: skip
+                          str(batch)], env=ENV, check=False, capture_output=True, text=True)  # fmt: skip
+    if out.returncode != 0:
+        raise SystemExit(f"plain DDP loop failed:\n{out.stderr[-3000:]}")
     return float(json.loads(out.stdout.strip().splitlines()[-1])["samples_per_second"])
 
 

@@ -50,6 +50,14 @@ def test_resume_after_sigterm_replays_the_uninterrupted_loss_curve(tiny_model: P
         assert replay[step] == pytest.approx(reference[step], abs=1e-6), f"step {step} differs after resume"
 
 
+def test_runs_without_a_validation_split(tiny_model: Path, tmp_path: Path) -> None:
+    run = tmp_path / "noval"
+    config = trainer_config(tiny_model, run, maxSteps=3)
+    config["data"]["validationFraction"] = 0.0
+    assert finish(torchrun(config, run, procs=1), run) == 0, (run / "torchrun.log").read_text()[-2000:]
+    assert json.loads((run / "out" / "lepton-training.json").read_text())["eval_loss"] is None
+
+
 def test_bad_data_fails_with_a_clear_message(tiny_model: Path, tmp_path: Path) -> None:
     run = tmp_path / "bad"
     config = trainer_config(tiny_model, run)

@@ -56,19 +56,35 @@ def read_rows(data: TrainerData) -> list[dict[str, Any]]:
 
 
 def tokenize(rows: list[dict[str, Any]], tokenizer: Any, text_field: str, max_length: int) -> list[list[int]]:
+    if not rows:  # e.g. no validation split
+        return []
     encoded = tokenizer([r[text_field] for r in rows], truncation=True, max_length=max_length)
     return [ids for ids in encoded["input_ids"] if len(ids) > 1]
 
 
-def collate(batch: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ids in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-    labels = input_ids.masked_fill(attention == 0, -100)
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+class Packed:
+    """Every sample padded once into one tensor; a batch is an index lookup and a trim to its longest
+    row (what a per-batch collate would build, without per-step Python loops)."""
+
+    def __init__(self, samples: list[list[int]], pad_id: int, labels: list[int] | None = None) -> None:
+        width = max((len(s) for s in samples), default=1)
+        self.input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+        self.lengths = torch.tensor([len(s) for s in samples], dtype=torch.long)
+        for i, ids in enumerate(samples):
+            self.input_ids[i, : len(ids)] = torch.tensor(ids)
+        self.attention = (torch.arange(width)[None, :] < self.lengths[:, None]).long()
+        self.labels = torch.tensor(labels) if labels is not None else None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.tensor(indices, dtype=torch.long)
+        width = int(self.lengths[idx].max())
+        ids, mask = self.input_ids[idx, :width], self.attention[idx, :width]
+        if self.labels is not None:
+            return {"input_ids": ids, "attention_mask": mask, "labels": self.labels[idx]}
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

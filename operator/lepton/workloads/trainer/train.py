@@ -32,10 +32,11 @@ from transformers import (
 
 from lepton.api.contract import TrainerConfig
 from lepton.workloads.trainer import checkpoint
-from lepton.workloads.trainer.data import DataError, TrainerError, collate, epoch_order, read_rows, tokenize
+from lepton.workloads.trainer.data import DataError, Packed, TrainerError, epoch_order, read_rows, tokenize
 from lepton.workloads.trainer.export import export_int8
 from lepton.workloads.trainer.progress import Progress
 
+STOP_CHECK_STEPS = 10
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped on request, after a checkpoint
 
 
@@ -50,10 +51,8 @@ class Stop:
     def _handle(self, *_: Any) -> None:
         self.requested = True
 
-    def agreed(self) -> bool:
-        flag = torch.tensor([1 if self.requested else 0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def flag(self) -> float:
+        return 1.0 if self.requested else 0.0
 
 
 def device_for(backend: str) -> torch.device:
@@ -141,43 +140,43 @@ def _load_model(cfg: TrainerConfig) -> Any:
     return cls.from_pretrained(cfg.model_path, config=config)
 
 
-def _samples(cfg: TrainerConfig, tokenizer: Any) -> tuple[list[Any], list[Any]]:
+def _samples(cfg: TrainerConfig, tokenizer: Any, pad_id: int) -> tuple[Packed, Packed]:
     rows = read_rows(cfg.data)
     order = epoch_order(len(rows), cfg.hyperparameters.seed, -1)
     n_eval = int(len(rows) * cfg.data.validation_fraction)
     evals, trains = [rows[i] for i in order[:n_eval]], [rows[i] for i in order[n_eval:]]
 
-    def encode(part: list[dict[str, Any]]) -> list[Any]:
-        ids = tokenize(part, tokenizer, cfg.data.text_field, cfg.hyperparameters.max_seq_length)
+    def encode(part: list[dict[str, Any]]) -> Packed:
         if cfg.task == "sequence-classification":
-            return [(i, int(r[cfg.data.label_field])) for i, r in zip(ids, part, strict=False)]
-        return ids
+            try:
+                labels = [int(r[cfg.data.label_field]) for r in part]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"field {cfg.data.label_field!r} must hold integer class ids: {exc}") from None
+            encoded = tokenizer([r[cfg.data.text_field] for r in part], truncation=True,
+                                max_length=cfg.hyperparameters.max_seq_length)["input_ids"] if part else []  # fmt: skip
+            return Packed(list(encoded), pad_id, labels)
+        return Packed(tokenize(part, tokenizer, cfg.data.text_field, cfg.hyperparameters.max_seq_length), pad_id)
 
     return encode(trains), encode(evals)
 
 
-def _batch(items: list[Any], cfg: TrainerConfig, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    if cfg.task == "sequence-classification":
-        out = collate([ids for ids, _ in items], pad_id)
-        out["labels"] = torch.tensor([label for _, label in items])
-    else:
-        out = collate(items, pad_id)
-    return {k: v.to(device, non_blocking=True) for k, v in out.items()}
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()} if device.type != "cpu" else batch
 
 
 def _evaluate(
-    model: Any, data: list[Any], cfg: TrainerConfig, *, pad_id: int, rank: int, world: int, device: torch.device
+    model: Any, data: Packed, cfg: TrainerConfig, *, rank: int, world: int, device: torch.device
 ) -> float | None:
-    if not data:
+    if not len(data):
         return None
     model.eval()
     total, count = torch.zeros(1, device=device), torch.zeros(1, device=device)
     batch = cfg.hyperparameters.batch_size
-    mine = data[rank::world]
+    mine = list(range(rank, len(data), world))
     with torch.no_grad():
         for i in range(0, len(mine), batch):
             items = mine[i : i + batch]
-            total += model(**_batch(items, cfg, pad_id, device)).loss.detach().float() * len(items)
+            total += model(**_to(data.batch(items), device)).loss.detach().float() * len(items)
             count += len(items)
     dist.all_reduce(total)
     dist.all_reduce(count)
@@ -202,7 +201,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     pad_id = int(tokenizer.pad_token_id)
     model = _load_model(cfg)
     model.config.pad_token_id = pad_id
-    train, evals = _samples(cfg, tokenizer)
+    train, evals = _samples(cfg, tokenizer, pad_id)
     per_step = world * hp.batch_size * hp.gradient_accumulation_steps
     steps_per_epoch = len(train) // per_step
     if steps_per_epoch == 0:
@@ -240,18 +239,20 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     history = out / "train_log.jsonl"
     started, eval_loss, ckpt_seconds = time.monotonic(), None, 0.0
     ddp.train()
+    order_epoch, order = -1, []
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
-        order = epoch_order(len(train), hp.seed, epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(train), hp.seed, epoch)
         block = order[offset * per_step : (offset + 1) * per_step]
         loss_sum = 0.0
         for micro in range(hp.gradient_accumulation_steps):
             first = (micro * world + rank) * hp.batch_size
-            items = [train[i] for i in block[first : first + hp.batch_size]]
+            items = block[first : first + hp.batch_size]
             sync = contextlib.nullcontext() if micro == hp.gradient_accumulation_steps - 1 else ddp.no_sync()
             cast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
             with sync, cast:
-                batch = _batch(items, cfg, pad_id, device)
+                batch = _to(train.batch(items), device)
                 output = ddp(**batch)
                 task_loss = distiller.loss(output, batch) if distiller is not None else output.loss
                 loss = task_loss / hp.gradient_accumulation_steps
@@ -265,18 +266,22 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        mean = torch.tensor([loss_sum], device=device)
-        dist.all_reduce(mean)
-        loss_value = float(mean.item()) / world
+        # The loss logged is rank 0's (no extra collective per step); the ranks agree on a SIGTERM
+        # every STOP_CHECK_STEPS steps, well within a pod's grace period.
+        loss_value = loss_sum
+        preempted = False
+        if step % STOP_CHECK_STEPS == 0 or step % cfg.checkpoint_every_steps == 0 or step == total:
+            flags = torch.tensor([stop.flag()], device=device)
+            dist.all_reduce(flags)
+            preempted = bool(flags.item() > 0)
         if hp.eval_every_steps and step % hp.eval_every_steps == 0:
-            eval_loss = _evaluate(ddp.module, evals, cfg, pad_id=pad_id, rank=rank, world=world, device=device)
+            eval_loss = _evaluate(ddp.module, evals, cfg, rank=rank, world=world, device=device)
         rate = per_step * (step - progress.state["startStep"]) / max(time.monotonic() - started, 1e-9)
         progress.update(step=step, epoch=step / steps_per_epoch, loss=loss_value, samplesPerSecond=rate,
                         evalLoss=eval_loss)  # fmt: skip
         if rank == 0:
             with history.open("a") as fh:
                 fh.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
-        preempted = stop.agreed()
         if step % cfg.checkpoint_every_steps == 0 or preempted or step == total:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
@@ -292,7 +297,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
 
     train_seconds = time.monotonic() - started - ckpt_seconds
     trained = per_step * (step - int(progress.state["startStep"]))
-    eval_loss = _evaluate(ddp.module, evals, cfg, pad_id=pad_id, rank=rank, world=world, device=device)
+    eval_loss = _evaluate(ddp.module, evals, cfg, rank=rank, world=world, device=device)
     if rank == 0:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
