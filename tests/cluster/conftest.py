@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from lepton.cli.devcluster import DevCluster
+from lepton.local.trainingjob import free_port
 from tests.cluster.kube import Kube
 
 TEST_NS_PREFIX = "lepton-test-"
@@ -62,12 +62,6 @@ def kube(dev_cluster: DevCluster) -> Kube:
     return Kube(dev_cluster.bins["kubectl"], dev_cluster.kubeconfig)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class OperatorProcess:
     proc: subprocess.Popen[bytes]
@@ -80,7 +74,7 @@ class OperatorProcess:
 
 
 def start_operator(kubeconfig: Path, log: Path, namespaces: str, env: dict[str, str] | None = None) -> OperatorProcess:
-    port = _free_port()
+    port = free_port()
     environ = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),

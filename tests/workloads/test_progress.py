@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import urllib.request
 
 from lepton.controller.progress import fetch_progress
+from lepton.local.trainingjob import free_port
 from lepton.status.progress import progress_from
 from lepton.workloads.trainer.progress import Progress
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_trainer_progress_is_read_by_the_operator() -> None:

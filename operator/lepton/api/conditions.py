@@ -90,35 +90,19 @@ def set_condition(
     Pure: the input list is not modified. Order is stable (existing types keep their place,
     new types are appended), so an unchanged status compares equal and is not patched.
     """
-    out: list[Condition] = []
-    found = False
-    for cond in conditions:
-        if cond.type != type_:
-            out.append(cond)
-            continue
-        found = True
-        flipped = cond.status != status
-        out.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=(now or now_rfc3339()) if flipped else cond.last_transition_time,
-                observed_generation=observed_generation,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=now or now_rfc3339(),
-                observed_generation=observed_generation,
-            )
-        )
+    old = get_condition(conditions, type_)
+    flipped = old is None or old.status != status
+    new = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=(now or now_rfc3339()) if flipped or old is None else old.last_transition_time,
+        observed_generation=observed_generation,
+    )
+    out = [new if c.type == type_ else c for c in conditions]
+    if old is None:
+        out.append(new)
     return out
 
 
