@@ -22,6 +22,7 @@ def main() -> None:
     torch.manual_seed(1)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = DistributedDataParallel(AutoModelForCausalLM.from_pretrained(model_dir))
+    model.train()  # from_pretrained returns eval mode; training means dropout on, as in the trainer
     texts = [json.loads(line)["text"] for line in open(data_file) if line.strip()]  # noqa: SIM115
     enc = tok(texts, truncation=True, max_length=48, padding=True, return_tensors="pt")
     opt = torch.optim.AdamW(model.parameters(), lr=0.003)

@@ -236,7 +236,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     progress.serve(cfg.metrics_port + int(os.environ.get("LOCAL_RANK", "0")) if cfg.metrics_port else 0)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    history = out / "train_log.jsonl"
+    history_file = (out / "train_log.jsonl").open("a") if rank == 0 else None
     started, eval_loss, ckpt_seconds = time.monotonic(), None, 0.0
     ddp.train()
     order_epoch, order = -1, []
@@ -279,9 +279,9 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         rate = per_step * (step - progress.state["startStep"]) / max(time.monotonic() - started, 1e-9)
         progress.update(step=step, epoch=step / steps_per_epoch, loss=loss_value, samplesPerSecond=rate,
                         evalLoss=eval_loss)  # fmt: skip
-        if rank == 0:
-            with history.open("a") as fh:
-                fh.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
+        if history_file is not None:
+            history_file.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
+            history_file.flush()
         if step % cfg.checkpoint_every_steps == 0 or preempted or step == total:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
@@ -291,11 +291,15 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
             ckpt_seconds += time.monotonic() - t0
             progress.update(checkpoint=str(saved))
         if preempted:
+            if history_file is not None:
+                history_file.close()
             log(rank, f"stopped on SIGTERM after checkpointing step {step}")
             dist.destroy_process_group()
             return EXIT_PREEMPTED
 
     train_seconds = time.monotonic() - started - ckpt_seconds
+    if history_file is not None:
+        history_file.close()
     trained = per_step * (step - int(progress.state["startStep"]))
     eval_loss = _evaluate(ddp.module, evals, cfg, rank=rank, world=world, device=device)
     if rank == 0:
