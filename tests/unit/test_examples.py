@@ -41,7 +41,7 @@ def test_invalid_example_is_rejected_with_its_message(path: Path) -> None:
 
 def _all_models() -> set[type[ApiModel]]:
     seen: set[type[ApiModel]] = set()
-    stack: list[type[ApiModel]] = [info.spec for info in KINDS.values()]
+    stack: list[type[ApiModel]] = [info.model for info in KINDS.values()]
     while stack:
         model = stack.pop()
         if model in seen:

@@ -118,6 +118,7 @@ def crd_for(info: KindInfo) -> dict[str, Any]:
                 "type": "object",
                 "description": info.description,
                 "required": ["spec"],
+                **({"x-kubernetes-validations": [r.to_cel() for r in info.root_rules]} if info.root_rules else {}),
                 "properties": {
                     "apiVersion": {"type": "string", "description": "APIVersion of this object."},
                     "kind": {"type": "string", "description": "Kind of this object."},

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lepton.api.base import ApiModel
+from lepton.api.base import ApiModel, Rule
 from lepton.api.common import CommonStatus
 from lepton.api.dataset import DatasetSpec, DatasetStatus
 from lepton.api.inferenceservice import InferenceServiceSpec, InferenceServiceStatus
@@ -45,7 +45,17 @@ class Dataset(_Envelope):
     status: DatasetStatus = Field(default_factory=DatasetStatus)
 
 
+# Pods are named <job>-<attempt>-<index> and their hostnames <job>-<index> (at most 63 characters).
+TRAININGJOB_NAME_RULE = Rule(
+    cel="self.metadata.name.size() <= 50",
+    message="TrainingJob names are at most 50 characters: they become pod host names",
+    check=lambda job: len(job.metadata.name) <= 50,
+)
+
+
 class TrainingJob(_Envelope):
+    rules = (TRAININGJOB_NAME_RULE,)
+
     kind: Literal["TrainingJob"] = Field(description="TrainingJob")
     spec: TrainingJobSpec
     status: TrainingJobStatus = Field(default_factory=TrainingJobStatus)
@@ -98,6 +108,11 @@ class KindInfo:
     status: type[CommonStatus]
     columns: tuple[PrinterColumn, ...]
     scale: bool = False
+
+    @property
+    def root_rules(self) -> tuple[Rule, ...]:
+        """Rules on the whole object (e.g. on metadata.name), enforced at the schema's root."""
+        return self.model.rules
 
     @property
     def singular(self) -> str:
