@@ -129,6 +129,15 @@ def fake_node(name: str, zone: str, *, gpus: int = 0, product: str = "NVIDIA-H10
     }
 
 
+def _run(
+    cmd: list[str], *, check: bool, what: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, input=stdin, env=env, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise DevClusterError(f"{what} failed: {proc.stderr.strip()[-4000:]}")
+    return proc
+
+
 class DevCluster:
     def __init__(self, name: str = "lepton", *, log: Callable[[str], None] | None = None) -> None:
         self.name = name
@@ -148,28 +157,12 @@ class DevCluster:
         return {**os.environ, "KWOK_WORKDIR": str(self.home / "kwok"), "KUBECONFIG": str(self.kubeconfig)}
 
     def kwokctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [self.bins["kwokctl"], "--name", self.name, *args],
-            env=self._env(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise DevClusterError(f"kwokctl {' '.join(args[:2])} failed:\n{proc.stderr[-4000:]}")
-        return proc
+        return _run([self.bins["kwokctl"], "--name", self.name, *args], check=check, env=self._env(),
+                    what=f"kwokctl {' '.join(args[:2])}")  # fmt: skip
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [self.bins["kubectl"], "--kubeconfig", str(self.kubeconfig), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise DevClusterError(f"kubectl {' '.join(args[:3])} failed: {proc.stderr.strip()}")
-        return proc
+        return _run([self.bins["kubectl"], "--kubeconfig", str(self.kubeconfig), *args], check=check, stdin=stdin,
+                    what=f"kubectl {' '.join(args[:3])}")  # fmt: skip
 
     def exists(self) -> bool:
         out = self.kwokctl("get", "clusters", check=False).stdout.split()
