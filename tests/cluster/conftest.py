@@ -35,9 +35,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def dev_cluster(request: pytest.FixtureRequest) -> DevCluster:
-    cluster = DevCluster(os.environ.get("LEPTON_TEST_CLUSTER", "lepton"))
-    timings = cluster.up()
+def dev_cluster(request: pytest.FixtureRequest) -> Iterator[DevCluster]:
+    """A cluster of its own, created fresh and deleted at the end: state left by an earlier run (or by
+    `leptonctl dev up` work) never leaks in. LEPTON_TEST_REUSE_CLUSTER=1 keeps it between runs."""
+    reuse = os.environ.get("LEPTON_TEST_REUSE_CLUSTER") == "1"
+    cluster = DevCluster(os.environ.get("LEPTON_TEST_CLUSTER", "lepton-test"))
+    timings = cluster.up(fresh=not reuse)
     lines = [f"control plane {cluster.name!r}: " + ", ".join(f"{k}={v:.1f}s" for k, v in timings.items())]
     lines += [f"{name}: {version}" for name, version in cluster.component_versions().items()]
     lines += [f"process {name}: pid {pid} {exe}" for name, (pid, exe) in cluster.processes().items()]
@@ -45,7 +48,9 @@ def dev_cluster(request: pytest.FixtureRequest) -> DevCluster:
     lines.append(f"running apiserver reports {server}")
     request.config.stash[CONTROL_PLANE] = lines
     print("\n".join(lines), file=sys.stderr)
-    return cluster
+    yield cluster
+    if not reuse:
+        cluster.down()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -175,12 +175,17 @@ class DevCluster:
         return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
     # --- commands -----------------------------------------------------------------------------
-    def up(self, nodes: int = 4, gpus_per_node: int = 8) -> dict[str, float]:
-        """Start (or reuse) the cluster, make sure nodes and CRDs are there; returns timings."""
+    def up(self, nodes: int = 4, gpus_per_node: int = 8, *, fresh: bool = False) -> dict[str, float]:
+        """Start (or reuse) the cluster, make sure nodes and CRDs are there; returns timings.
+
+        `fresh` deletes an existing cluster first, so nothing left by an earlier run (pods still holding
+        GPUs, namespaces half deleted) can change what a test sees."""
         started = time.monotonic()
         bins = self.bins
         timings: dict[str, float] = {"binaries_s": time.monotonic() - started}
         self.home.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            self.down()
         t0 = time.monotonic()
         if self.healthy():
             mode = "reused"
