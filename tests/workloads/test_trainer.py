@@ -12,10 +12,14 @@ import pytest
 
 from tests.workloads.conftest import finish, losses, torchrun, trainer_config, wait_for
 
+STRATEGIES = pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 
-def test_two_processes_learn_and_export_a_model(tiny_model: Path, tmp_path: Path) -> None:
+
+@STRATEGIES
+def test_two_processes_learn_and_export_a_model(tiny_model: Path, tmp_path: Path, strategy: str) -> None:
     run = tmp_path / "run"
-    assert finish(torchrun(trainer_config(tiny_model, run), run), run) == 0, (run / "torchrun.log").read_text()
+    config = trainer_config(tiny_model, run) | {"strategy": strategy}
+    assert finish(torchrun(config, run), run) == 0, (run / "torchrun.log").read_text()
     curve = losses(run)
     assert sorted(curve) == list(range(1, 41))
     first, last = sum(curve[s] for s in range(1, 6)) / 5, sum(curve[s] for s in range(36, 41)) / 5
@@ -32,16 +36,19 @@ def test_two_processes_learn_and_export_a_model(tiny_model: Path, tmp_path: Path
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
-def test_resume_after_sigterm_replays_the_uninterrupted_loss_curve(tiny_model: Path, tmp_path: Path) -> None:
+@STRATEGIES
+def test_resume_after_sigterm_replays_the_uninterrupted_loss_curve(
+    tiny_model: Path, tmp_path: Path, strategy: str
+) -> None:
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert finish(torchrun(trainer_config(tiny_model, whole), whole), whole) == 0
-    proc = torchrun(trainer_config(tiny_model, broken), broken)
+    assert finish(torchrun(trainer_config(tiny_model, whole) | {"strategy": strategy}, whole), whole) == 0
+    proc = torchrun(trainer_config(tiny_model, broken) | {"strategy": strategy}, broken)
     wait_for((broken / "ckpt" / "step-00000010").exists, 120, "the step-10 checkpoint")
     os.killpg(proc.pid, signal.SIGTERM)  # as Kubernetes does when it deletes the pod
     assert finish(proc, broken) != 0
     stopped_at = max(losses(broken))
     assert stopped_at < 40, "the run should have been interrupted"
-    assert finish(torchrun(trainer_config(tiny_model, broken), broken), broken) == 0
+    assert finish(torchrun(trainer_config(tiny_model, broken) | {"strategy": strategy}, broken), broken) == 0
     log = (broken / "torchrun.log").read_text()
     assert "resumed from step-" in log
     replay, reference = losses(broken), losses(whole)
@@ -117,3 +124,12 @@ def test_teacher_with_another_vocabulary_is_refused(tiny_model: Path, tmp_path: 
                                                 "teacherPath": str(other)}  # fmt: skip
     assert finish(torchrun(config, run, procs=1), run) != 0
     assert "teacher and student disagree on the output size" in (run / "torchrun.log").read_text()
+
+
+def test_checkpoint_of_another_strategy_is_refused_with_a_clear_message(tiny_model: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert finish(torchrun(trainer_config(tiny_model, run, maxSteps=5), run, procs=1), run) == 0
+    config = trainer_config(tiny_model, run, maxSteps=10) | {"strategy": "fsdp"}
+    assert finish(torchrun(config, run, procs=1), run) != 0
+    log = (run / "torchrun.log").read_text()
+    assert "checkpoint step-00000005 was written with strategy ddp, this run uses fsdp" in log

@@ -156,7 +156,12 @@ class TrainingJobSpec(JobLifecycle):
     backend: Literal["auto", "nccl", "gloo"] = Field(
         default="auto", description="torch.distributed backend; auto: nccl with GPUs, gloo without."
     )
-    strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="DistributedDataParallel or FSDP.")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="ddp: every process holds the whole model (DistributedDataParallel); fsdp: parameters, "
+        "gradients and optimizer state are sharded over all processes (FSDP), for models too big for one GPU. "
+        "A checkpoint resumes only under the strategy that wrote it.",
+    )
     resources: Resources = Field(default_factory=Resources, description="CPU/memory per pod.")
     env: list[EnvVar] = Field(
         default_factory=list, max_length=256, description="Extra env; overrides NCCL/torch defaults."

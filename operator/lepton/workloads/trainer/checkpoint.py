@@ -1,12 +1,14 @@
 """Checkpoints that a restarted gang resumes from exactly: weights, optimizer, schedule, step, and
 every rank's random state. Written to a temporary directory and renamed, so a checkpoint is either
-complete or absent."""
+complete or absent. The weights and optimizer are in rank 0's state file (DDP) or in a sharded
+directory that every rank writes through `write_shards` (FSDP)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,18 @@ def latest(root: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def save(root: Path, step: int, *, rank: int, world: int, state: dict[str, Any], keep: int) -> Path:
-    """Every rank calls this (between barriers): rank 0 writes the shared state, each rank its RNG."""
+def save(
+    root: Path,
+    step: int,
+    *,
+    rank: int,
+    world: int,
+    state: dict[str, Any],
+    keep: int,
+    write_shards: Callable[[Path], None] | None = None,
+) -> Path:
+    """Every rank calls this (between barriers): rank 0 writes the shared state, each rank its RNG and,
+    with `write_shards`, its part of the sharded weights."""
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
     if rank == 0:
@@ -30,6 +42,8 @@ def save(root: Path, step: int, *, rank: int, world: int, state: dict[str, Any],
         torch.save({k: v for k, v in state.items() if k != "rng"}, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "world_size": world}))
     torch.distributed.barrier()
+    if write_shards is not None:
+        write_shards(tmp)
     torch.save(state["rng"], tmp / f"rng-{rank}.pt")
     torch.distributed.barrier()
     if rank == 0:

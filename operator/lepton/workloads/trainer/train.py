@@ -1,5 +1,5 @@
-"""The training loop: DistributedDataParallel over torchrun's process group, gradient accumulation, LR
-schedule, clipping, evaluation, checkpoints every N steps and on SIGTERM, exact resume, final export.
+"""The training loop: DDP or FSDP over torchrun's process group (see parallel.py), gradient accumulation,
+LR schedule, clipping, evaluation, checkpoints every N steps and on SIGTERM, exact resume, final export.
 
 Exact resume rests on three things: the data order is a pure function of (seed, epoch); a checkpoint
 holds weights, optimizer, schedule and every rank's random state; and the step being resumed is
@@ -8,7 +8,6 @@ recomputed from the global step, so a resumed run replays the uninterrupted run'
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -21,7 +20,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812 - the usual name
-from torch.nn.parallel import DistributedDataParallel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -34,6 +32,7 @@ from lepton.api.contract import TrainerConfig
 from lepton.workloads.trainer import checkpoint
 from lepton.workloads.trainer.data import DataError, Packed, TrainerError, epoch_order, read_rows, tokenize
 from lepton.workloads.trainer.export import export_int8
+from lepton.workloads.trainer.parallel import Parallel, parallelize
 from lepton.workloads.trainer.progress import Progress
 
 STOP_CHECK_STEPS = 10
@@ -140,6 +139,14 @@ def _load_model(cfg: TrainerConfig) -> Any:
     return cls.from_pretrained(cfg.model_path, config=config)
 
 
+def _unsharded(cfg: TrainerConfig, trained: Any, weights: dict[str, Any]) -> Any:
+    """A plain (unsharded, CPU) copy of the trained model for export, built from its own config."""
+    cls: Any = AutoModelForSequenceClassification if cfg.task == "sequence-classification" else AutoModelForCausalLM
+    model = cls.from_config(trained.config)
+    model.load_state_dict(weights)
+    return model
+
+
 def _samples(cfg: TrainerConfig, tokenizer: Any, pad_id: int) -> tuple[Packed, Packed]:
     rows = read_rows(cfg.data)
     order = epoch_order(len(rows), cfg.hyperparameters.seed, -1)
@@ -165,18 +172,22 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 def _evaluate(
-    model: Any, data: Packed, cfg: TrainerConfig, *, rank: int, world: int, device: torch.device
+    par: Parallel, data: Packed, cfg: TrainerConfig, *, rank: int, world: int, device: torch.device
 ) -> float | None:
     if not len(data):
         return None
+    model = par.model
     model.eval()
     total, count = torch.zeros(1, device=device), torch.zeros(1, device=device)
     batch = cfg.hyperparameters.batch_size
     mine = list(range(rank, len(data), world))
+    most = math.ceil(math.ceil(len(data) / world) / batch)
     with torch.no_grad():
-        for i in range(0, len(mine), batch):
-            items = mine[i : i + batch]
-            total += model(**_to(data.batch(items), device)).loss.detach().float() * len(items)
+        for b in range(par.eval_forward_count(math.ceil(len(mine) / batch), most)):
+            items = mine[b * batch : (b + 1) * batch]
+            # A rank with no batch left still runs a forward (FSDP's all-gathers are collective); it counts 0.
+            loss = model(**_to(data.batch(items or [0]), device)).loss.detach().float()
+            total += loss * len(items)
             count += len(items)
     dist.all_reduce(total)
     dist.all_reduce(count)
@@ -185,8 +196,6 @@ def _evaluate(
 
 
 def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bottom
-    if cfg.strategy == "fsdp":
-        raise TrainerError("strategy fsdp is not available in this release of the trainer; use strategy ddp")
     device = device_for(cfg.backend)
     dist.init_process_group(backend=cfg.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -208,11 +217,10 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         raise DataError(f"{len(train)} training rows are fewer than one step needs ({per_step} = world {world} "
                         f"x batch {hp.batch_size} x accumulation {hp.gradient_accumulation_steps})")  # fmt: skip
     total = hp.max_steps or math.ceil((hp.epochs or 1) * steps_per_epoch)
-    model.to(device)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     amp = autocast_dtype(hp.precision, device)
+    par = parallelize(cfg.strategy, model, device, amp)
     distiller = Distiller(cfg, model.config, device) if cfg.distillation is not None else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    scaler = par.grad_scaler()
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
     scheduler = get_scheduler(hp.lr_scheduler, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=total)
 
@@ -221,8 +229,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     found = checkpoint.latest(ckpt_root) if cfg.resume == "latest" else None
     if found is not None:
         state, rng = checkpoint.load(found, rank, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        par.restore(found, state, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         if "scaler" in state:
@@ -238,7 +245,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         out.mkdir(parents=True, exist_ok=True)
     history_file = (out / "train_log.jsonl").open("a") if rank == 0 else None
     started, eval_loss, ckpt_seconds = time.monotonic(), None, 0.0
-    ddp.train()
+    model.train()
     order_epoch, order = -1, []
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -249,11 +256,9 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         for micro in range(hp.gradient_accumulation_steps):
             first = (micro * world + rank) * hp.batch_size
             items = block[first : first + hp.batch_size]
-            sync = contextlib.nullcontext() if micro == hp.gradient_accumulation_steps - 1 else ddp.no_sync()
-            cast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-            with sync, cast:
+            with par.micro_step(sync=micro == hp.gradient_accumulation_steps - 1):
                 batch = _to(train.batch(items), device)
-                output = ddp(**batch)
+                output = par(**batch)
                 task_loss = distiller.loss(output, batch) if distiller is not None else output.loss
                 loss = task_loss / hp.gradient_accumulation_steps
             scaler.scale(loss).backward()
@@ -275,7 +280,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
             dist.all_reduce(flags)
             preempted = bool(flags.item() > 0)
         if hp.eval_every_steps and step % hp.eval_every_steps == 0:
-            eval_loss = _evaluate(ddp.module, evals, cfg, rank=rank, world=world, device=device)
+            eval_loss = _evaluate(par, evals, cfg, rank=rank, world=world, device=device)
         rate = per_step * (step - progress.state["startStep"]) / max(time.monotonic() - started, 1e-9)
         progress.update(step=step, epoch=step / steps_per_epoch, loss=loss_value, samplesPerSecond=rate,
                         evalLoss=eval_loss)  # fmt: skip
@@ -283,11 +288,11 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
             history_file.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
             history_file.flush()
         if step % cfg.checkpoint_every_steps == 0 or preempted or step == total:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                     "rng": _rng_state(device)}  # fmt: skip
+            state = {**par.training_state(optimizer), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "step": step, "rng": _rng_state(device)}  # fmt: skip
             t0 = time.monotonic()
-            saved = checkpoint.save(ckpt_root, step, rank=rank, world=world, state=state, keep=cfg.checkpoint_keep)
+            saved = checkpoint.save(ckpt_root, step, rank=rank, world=world, state=state, keep=cfg.checkpoint_keep,
+                                    write_shards=lambda tmp: par.save_sharded(tmp, optimizer))  # fmt: skip
             ckpt_seconds += time.monotonic() - t0
             progress.update(checkpoint=str(saved))
         if preempted:
@@ -301,11 +306,13 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     if history_file is not None:
         history_file.close()
     trained = per_step * (step - int(progress.state["startStep"]))
-    eval_loss = _evaluate(ddp.module, evals, cfg, rank=rank, world=world, device=device)
+    eval_loss = _evaluate(par, evals, cfg, rank=rank, world=world, device=device)
+    weights = par.full_state_dict()
     if rank == 0:
-        model.save_pretrained(out)
+        final = _unsharded(cfg, model, weights) if weights is not None else model
+        final.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        quantized = export_int8(model, out) if cfg.quantization == "dynamic-int8" else None
+        quantized = export_int8(final, out) if cfg.quantization == "dynamic-int8" else None
         meta = {"job": cfg.job, "task": cfg.task, "steps": step, "world_size": world, "final_loss": loss_value,
                 "eval_loss": eval_loss, "train_rows": len(train), "data": cfg.data.to_wire(),
                 "hyperparameters": hp.to_wire(), "source_model": cfg.model_path,
