@@ -32,7 +32,8 @@ def job(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
 
 def pod(index: int, phase: str = "Running", attempt: int = 0, **kw: Any) -> PodView:
     return PodView(name=f"llm-{attempt}-{index}", attempt=attempt, phase=phase, scheduled=phase != "Pending",
-                   created=NOW - timedelta(seconds=30), **kw)  # fmt: skip
+                   index=index, uid=kw.pop("uid", f"uid-{attempt}-{index}"), created=NOW - timedelta(seconds=30),
+                   **kw)  # fmt: skip
 
 
 RUNNING = [pod(0), pod(1)]
@@ -222,6 +223,97 @@ def test_elastic_job_runs_with_min_nodes() -> None:
     elastic = job(nodes=None, minNodes=2, maxNodes=4)
     d = decide(elastic, [pod(0), pod(1), pod(2, "Pending", unschedulable="no room"), pod(3, "Pending")], NOW)
     assert d.status.phase == "Running" and d.status.ready == "2/2" and len(d.keep) == 4
+
+
+ELASTIC = {"nodes": None, "minNodes": 2, "maxNodes": 3}
+LOST = {"terminated_reason": "Error", "exit_code": 1}
+RECORDED = {"restarts": 1, "failures": [{"attempt": 0, "pod": "llm-0-2", "podUID": "uid-0-2", "elastic": True,
+                                         "reason": "Error", "time": "2026-01-01T11:59:00Z"}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "the_job", "pods", "phase", "attempt", "restarts", "keep"),
+    [
+        (
+            "a lost rank: go on with the rest, replace it",
+            job(**ELASTIC),
+            [pod(0), pod(1), pod(2, "Failed", **LOST)],
+            "Running",
+            0,
+            1,
+            {"llm-0-0", "llm-0-1"},
+        ),
+        (
+            "the same loss seen again: counted once",
+            job(status=RECORDED, **ELASTIC),
+            [pod(0), pod(1), pod(2, "Failed", **LOST)],
+            "Running",
+            0,
+            1,
+            {"llm-0-0", "llm-0-1"},
+        ),
+        (
+            "the replacement lost too: counted again",
+            job(status=RECORDED, **ELASTIC),
+            [pod(0), pod(1), pod(2, "Failed", uid="uid-0-2-again", **LOST)],
+            "Running",
+            0,
+            2,
+            {"llm-0-0", "llm-0-1"},
+        ),
+        (
+            "replacement running: all nodes again",
+            job(status=RECORDED, **ELASTIC),
+            [pod(0), pod(1), pod(2, uid="uid-0-2-again")],
+            "Running",
+            0,
+            1,
+            {"llm-0-0", "llm-0-1", "llm-0-2"},
+        ),
+        (
+            "pod 0 hosts the rendezvous: gang restart",
+            job(**ELASTIC),
+            [pod(0, "Failed", **LOST), pod(1), pod(2)],
+            "Restarting",
+            1,
+            1,
+            set(),
+        ),
+        (
+            "fewer than minNodes left: gang restart",
+            job(**ELASTIC),
+            [pod(0), pod(1, "Failed", **LOST), pod(2, "Failed", **LOST)],
+            "Restarting",
+            1,
+            1,
+            set(),
+        ),
+        (
+            "no recovery left: failed",
+            job(status={"restarts": 3}, backoffLimit=3, **ELASTIC),
+            [pod(0), pod(1), pod(2, "Failed", **LOST)],
+            "Failed",
+            0,
+            3,
+            {"llm-0-2"},  # finished pods stay for their logs
+        ),
+    ],
+)
+def test_elastic_job_goes_on_without_a_lost_node(name: str, the_job: TrainingJob, pods: list[PodView], phase: str,
+                                                 attempt: int, restarts: int, keep: set[str]) -> None:  # fmt: skip
+    d = decide(the_job, pods, NOW)
+    assert (d.status.phase, d.attempt, d.status.restarts, set(d.keep)) == (phase, attempt, restarts, keep), name
+    if phase == "Running":
+        assert d.create, name
+
+
+def test_elastic_loss_is_recorded_and_explained() -> None:
+    d = decide(job(**ELASTIC), [pod(0), pod(1), pod(2, "Failed", terminated_reason="OOMKilled", exit_code=137)], NOW)
+    (failure,) = d.status.failures
+    assert (failure.pod, failure.pod_uid, failure.elastic, failure.reason) == ("llm-0-2", "uid-0-2", True, "OOMKilled")
+    ready = get_condition(d.status.conditions, "Ready")
+    assert ready is not None and ready.status == "True" and ready.reason == "NodeLost"
+    assert ready.message == "Going on with 2 of 3 nodes (minNodes 2); replacing llm-0-2: OOMKilled"
 
 
 def test_status_is_stable_when_nothing_changes() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,12 +56,36 @@ def torchrun(config: dict[str, Any], run_dir: Path, procs: int = 2) -> subproces
     return subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
 
 
-def finish(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float = 300) -> int:
+def finish(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float = 300, log: str = "torchrun.log") -> int:
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError((run_dir / "torchrun.log").read_text()[-4000:]) from None
+        lose_node(proc)
+        raise AssertionError((run_dir / log).read_text()[-4000:]) from None
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and every process below it (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop())
+        todo.extend(children.get(out[-1], []))
+    return out
+
+
+def lose_node(proc: subprocess.Popen[bytes]) -> None:
+    """What losing a node does to a pod: every process of it dies at once, nothing is told."""
+    for pid in tree(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
 
 
 def losses(run_dir: Path) -> dict[int, float]:

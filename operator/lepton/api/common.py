@@ -170,7 +170,11 @@ class JobLifecycle(ApiModel):
         default=None, ge=0, description="Delete the resource this many seconds after it succeeds or fails."
     )
     backoff_limit: int = Field(
-        default=3, ge=0, le=100, description="Gang restarts allowed after failures before the job fails."
+        default=3,
+        ge=0,
+        le=100,
+        description="Recoveries allowed after failures before the job fails (gang restarts, and pods an elastic "
+        "job replaces).",
     )
     startup_deadline_seconds: int | None = Field(
         default=None,

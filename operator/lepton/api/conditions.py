@@ -45,6 +45,7 @@ class Reason(StrEnum):
     FAILED = "Failed"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    NODE_LOST = "NodeLost"  # an elastic job goes on with fewer nodes while the lost one is replaced
     # Copied from pods and the scheduler
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULL_BACKOFF = "ImagePullBackOff"

@@ -203,6 +203,12 @@ class Failure(ApiModel):
 
     attempt: int = Field(description="Gang attempt (0 for the first).")
     pod: str = Field(description="The pod that failed first.")
+    pod_uid: str | None = Field(
+        default=None, alias="podUID", description="UID of that pod (a replacement keeps the name)."
+    )
+    elastic: bool = Field(
+        default=False, description="True when the job went on without the pod (elastic) instead of restarting."
+    )
     reason: str = Field(description="OOMKilled, Error, Unschedulable, ImagePullBackOff, …")
     exit_code: int | None = Field(default=None, description="Container exit code, when it ran.")
     message: str = Field(default="", description="Details from the pod or the scheduler.")
@@ -211,7 +217,11 @@ class Failure(ApiModel):
 
 class TrainingJobStatus(CommonStatus):
     ready: str | None = Field(default=None, description="Nodes running / nodes wanted, e.g. '2/2'.")
-    restarts: int = Field(default=0, description="Gang restarts after failures so far.")
+    restarts: int = Field(
+        default=0,
+        description="Recoveries from failures so far, counted against backoffLimit: gang restarts, and pods an "
+        "elastic job replaced while it went on running.",
+    )
     attempt: int = Field(
         default=0, description="Current gang: pod names and the rendezvous id change with each (restart or resume)."
     )

@@ -182,7 +182,10 @@ def torchrun_command(job: TrainingJob, attempt: int, service: str) -> list[str]:
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={job.metadata.name}-0.{service}.{namespace}.svc:{RENDEZVOUS_PORT}",
         f"--rdzv-id={rendezvous_id(job.metadata.uid or job.metadata.name, attempt)}",
-        "--max-restarts=0",  # the operator restarts the whole gang, never single ranks
+        # A fixed-size gang never restarts ranks in place: the operator restarts it whole. An elastic
+        # gang's agents re-form the rendezvous when a node is lost or (re)joins, resuming from the latest
+        # checkpoint; the operator counts those losses against the same backoffLimit.
+        f"--max-restarts={spec.backoff_limit if total != minimum else 0}",
         "-m",
         "lepton.workloads.trainer",
     ]

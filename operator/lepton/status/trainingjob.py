@@ -14,12 +14,13 @@ from typing import Any
 
 from lepton.api.conditions import ConditionType, Reason, set_condition
 from lepton.api.kinds import TrainingJob
-from lepton.api.trainingjob import Failure, TrainingJobStatus, pod_name
+from lepton.api.trainingjob import Failure, TrainingJobSpec, TrainingJobStatus, pod_name
 from lepton.status.progress import checkpoint_from, progress_from
 
 PENDING, STARTING, RUNNING, RESTARTING = "Pending", "Starting", "Running", "Restarting"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
 TERMINAL = (SUCCEEDED, FAILED)
+MAX_FAILURES = 20  # status.failures' maxItems
 STALLING_WAIT_REASONS = (
     "ImagePullBackOff",
     "ErrImagePull",
@@ -44,6 +45,8 @@ class PodView:
     name: str
     attempt: int
     phase: str
+    index: int = 0
+    uid: str | None = None
     created: datetime | None = None
     scheduled: bool = False
     unschedulable: str | None = None
@@ -79,6 +82,8 @@ class PodView:
         return cls(
             name=meta.get("name", ""),
             attempt=int(meta.get("labels", {}).get("lepton.ai/attempt", "0")),
+            index=int(meta.get("labels", {}).get("lepton.ai/node-index", "0")),
+            uid=meta.get("uid"),
             phase=status.get("phase", PENDING),
             created=parse_time(meta.get("creationTimestamp")),
             scheduled=scheduled or bool(pod.get("spec", {}).get("nodeName")),
@@ -131,15 +136,40 @@ class _Conditions:
         self.set(ConditionType.STALLED, stalled, reason, message if stalled else "")
 
 
+def _failure(pod: PodView, attempt: int, now: datetime, *, elastic: bool = False) -> Failure:
+    reason = pod.terminated_reason or "Error"
+    message = pod.message or (f"exit code {pod.exit_code}" if pod.exit_code is not None else "")
+    return Failure(attempt=attempt, pod=pod.name, pod_uid=pod.uid, elastic=elastic, reason=reason,
+                   exit_code=pod.exit_code, message=message, time=rfc3339(now))  # fmt: skip
+
+
 def _first_failure(pods: Sequence[PodView], attempt: int, now: datetime) -> Failure | None:
     failed = [p for p in pods if p.phase == FAILED]
     if not failed:
         return None
-    pod = min(failed, key=lambda p: (p.created or now, p.name))
-    reason = pod.terminated_reason or "Error"
-    message = pod.message or (f"exit code {pod.exit_code}" if pod.exit_code is not None else "")
-    return Failure(attempt=attempt, pod=pod.name, reason=reason, exit_code=pod.exit_code, message=message,
-                   time=rfc3339(now))  # fmt: skip
+    return _failure(min(failed, key=lambda p: (p.created or now, p.name)), attempt, now)
+
+
+def _recorded(history: Sequence[Failure], new: Sequence[Failure]) -> list[Failure]:
+    """The failure history with `new` appended: at most 20, and the very first (usually the cause) kept."""
+    failures = [*history, *new]
+    if len(failures) <= MAX_FAILURES:
+        return failures
+    return [failures[0], *failures[-(MAX_FAILURES - 1) :]]
+
+
+def _elastic_losses(spec: TrainingJobSpec, pods: Sequence[PodView], minimum: int) -> list[PodView]:
+    """The failed pods an elastic gang can go on without, or [] when it must restart whole.
+
+    torchrun's agents on the surviving pods re-form the rendezvous without the lost ones (from the
+    latest checkpoint) as long as at least minNodes run. Pod 0 hosts the c10d rendezvous: losing it
+    restarts the gang."""
+    total, _ = spec.node_counts()
+    failed = [p for p in pods if p.phase == FAILED]
+    running = [p for p in pods if p.phase == RUNNING]
+    if minimum == total or not failed or any(p.index == 0 for p in failed) or len(running) < minimum:
+        return []
+    return failed
 
 
 def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
@@ -203,11 +233,25 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         return fail(Reason.DEADLINE_EXCEEDED, f"Running for {active}s, past activeDeadlineSeconds "
                                               f"({spec.active_deadline_seconds}s)")  # fmt: skip
 
+    lost = _elastic_losses(spec, current, minimum)
+    seen = {f.pod_uid for f in previous.failures if f.pod_uid}
+    new = [p for p in lost if p.uid is None or p.uid not in seen]
+    if lost and (not new or previous.restarts + len(new) <= spec.backoff_limit):
+        # Elastic: go on with the survivors; the lost pods are deleted and created again, and rejoin.
+        failed = {p.name for p in lost}
+        survivors = sum(p.phase == RUNNING for p in current)
+        detail = ", ".join(f"{p.name}: {p.terminated_reason or 'Error'}" for p in lost)
+        message = f"Going on with {survivors} of {total} nodes (minNodes {minimum}); replacing {detail}"
+        c.status = c.status.model_copy(update={
+            "restarts": previous.restarts + len(new),
+            "failures": _recorded(previous.failures, [_failure(p, attempt, now, elastic=True) for p in new]),
+        })  # fmt: skip
+        c.story(ready=True, reconciling=True, stalled=False, reason=Reason.NODE_LOST, message=message)
+        return done(RUNNING, create=True, keep=names - failed)
+
     failure = _first_failure(current, attempt, now)
     if failure is not None:
-        failures = [*previous.failures, failure][-20:]
-        if previous.failures:  # keep the very first failure: it is usually the cause
-            failures = [previous.failures[0], *failures[-19:]] if failures[0] != previous.failures[0] else failures
+        failures = _recorded(previous.failures, [failure])
         c.status = c.status.model_copy(update={"failures": failures})
         detail = f"{failure.pod}: {failure.reason}" + (f" (exit code {failure.exit_code})"
                                                        if failure.exit_code is not None else "")  # fmt: skip

@@ -139,6 +139,22 @@ def _load_model(cfg: TrainerConfig) -> Any:
     return cls.from_pretrained(cfg.model_path, config=config)
 
 
+def _total_steps(
+    cfg: TrainerConfig, step: int, at: tuple[int, int], rows: int, per_step: int, *, resumed_world: int | None
+) -> int:
+    """maxSteps, or the steps `epochs` take. A gang that resumes at another world size (elastic) takes
+    as many more steps as the rest of the data needs at its new step size."""
+    hp = cfg.hyperparameters
+    if hp.max_steps:
+        return hp.max_steps
+    steps_per_epoch = rows // per_step
+    epochs = hp.epochs or 1
+    if resumed_world in (None, dist.get_world_size()):
+        return math.ceil(epochs * steps_per_epoch)
+    done = at[0] + at[1] / rows
+    return step + max(0, math.ceil((epochs - done) * steps_per_epoch))
+
+
 def _unsharded(cfg: TrainerConfig, trained: Any, weights: dict[str, Any]) -> Any:
     """A plain (unsharded, CPU) copy of the trained model for export, built from its own config."""
     cls: Any = AutoModelForSequenceClassification if cfg.task == "sequence-classification" else AutoModelForCausalLM
@@ -212,31 +228,33 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     model.config.pad_token_id = pad_id
     train, evals = _samples(cfg, tokenizer, pad_id)
     per_step = world * hp.batch_size * hp.gradient_accumulation_steps
-    steps_per_epoch = len(train) // per_step
-    if steps_per_epoch == 0:
+    if len(train) < per_step:
         raise DataError(f"{len(train)} training rows are fewer than one step needs ({per_step} = world {world} "
                         f"x batch {hp.batch_size} x accumulation {hp.gradient_accumulation_steps})")  # fmt: skip
-    total = hp.max_steps or math.ceil((hp.epochs or 1) * steps_per_epoch)
+    ckpt_root, out = Path(cfg.checkpoint_dir), Path(cfg.output_dir)
+    found = checkpoint.latest(ckpt_root) if cfg.resume == "latest" else None
+    state, rng = checkpoint.load(found, rank, map_location=device) if found is not None else ({}, None)
+    # Where the data stream stands: (epoch, position in that epoch's order). Kept as a position, not a
+    # step, so an elastic gang that comes back with another world size reads on where it stopped.
+    step, epoch, position = int(state.get("step", 0)), int(state.get("epoch", 0)), int(state.get("position", 0))
+    total = _total_steps(cfg, step, (epoch, position), len(train), per_step, resumed_world=state.get("world_size"))
     amp = autocast_dtype(hp.precision, device)
     par = parallelize(cfg.strategy, model, device, amp)
     distiller = Distiller(cfg, model.config, device) if cfg.distillation is not None else None
     scaler = par.grad_scaler()
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
     scheduler = get_scheduler(hp.lr_scheduler, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=total)
-
-    ckpt_root, out = Path(cfg.checkpoint_dir), Path(cfg.output_dir)
-    step = 0
-    found = checkpoint.latest(ckpt_root) if cfg.resume == "latest" else None
     if found is not None:
-        state, rng = checkpoint.load(found, rank, map_location=device)
         par.restore(found, state, optimizer)
         scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         if rng is not None:
             _set_rng_state(rng, device)
         log(rank, f"resumed from {found.name} at step {step}")
+        if state.get("world_size", world) != world:
+            log(rank, f"world size {state['world_size']} -> {world} (elastic): reading on from epoch {epoch} "
+                      f"row {position}, {per_step} rows a step, {total} steps in all")  # fmt: skip
 
     progress = Progress(total, rank)
     progress.update(startStep=step, step=step)
@@ -248,10 +266,12 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     model.train()
     order_epoch, order = -1, []
     while step < total:
-        epoch, offset = divmod(step, steps_per_epoch)
+        if position + per_step > len(train):  # the rest of an epoch too small for a step is skipped
+            epoch, position = epoch + 1, 0
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(len(train), hp.seed, epoch)
-        block = order[offset * per_step : (offset + 1) * per_step]
+        block = order[position : position + per_step]
+        position += per_step
         loss_sum = 0.0
         for micro in range(hp.gradient_accumulation_steps):
             first = (micro * world + rank) * hp.batch_size
@@ -282,14 +302,15 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         if hp.eval_every_steps and step % hp.eval_every_steps == 0:
             eval_loss = _evaluate(par, evals, cfg, rank=rank, world=world, device=device)
         rate = per_step * (step - progress.state["startStep"]) / max(time.monotonic() - started, 1e-9)
-        progress.update(step=step, epoch=step / steps_per_epoch, loss=loss_value, samplesPerSecond=rate,
+        progress.update(step=step, epoch=epoch + position / len(train), loss=loss_value, samplesPerSecond=rate,
                         evalLoss=eval_loss)  # fmt: skip
         if history_file is not None:
             history_file.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
             history_file.flush()
         if step % cfg.checkpoint_every_steps == 0 or preempted or step == total:
             state = {**par.training_state(optimizer), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "step": step, "rng": _rng_state(device)}  # fmt: skip
+                     "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "position": position,
+                     "world_size": world, "rng": _rng_state(device)}  # fmt: skip
             t0 = time.monotonic()
             saved = checkpoint.save(ckpt_root, step, rank=rank, world=world, state=state, keep=cfg.checkpoint_keep,
                                     write_shards=lambda tmp: par.save_sharded(tmp, optimizer))  # fmt: skip

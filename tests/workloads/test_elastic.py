@@ -1,0 +1,62 @@
+"""Elastic training under real torchrun agents (c10d rendezvous, gloo on CPU): two agents stand for two
+pods of a job with minNodes 1 and maxNodes 2. When one "node" dies mid-run, the other agent re-forms
+the rendezvous alone, and the trainer reads on from the latest checkpoint at the new world size."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lepton.local.trainingjob import free_port
+from tests.workloads.conftest import finish, lose_node, losses, trainer_config, wait_for
+
+
+def listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def agent(config: Path, port: int, run: Path, name: str) -> subprocess.Popen[bytes]:
+    """One node's torchrun agent, as the rendered pod runs it for an elastic job (nnodes min:max)."""
+    log = (run / f"{name}.log").open("ab")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc-per-node=1",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=elastic-test",
+           "--rdzv-conf=last_call_timeout=10", "--max-restarts=3",
+           "-m", "lepton.workloads.trainer", "--config", str(config)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_losing_a_node_shrinks_the_world_and_training_reads_on(tiny_model: Path, tmp_path: Path, strategy: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    config = run / "config.json"
+    config.write_text(json.dumps(trainer_config(tiny_model, run, maxSteps=40) | {"strategy": strategy}))
+    port = free_port()
+    first = agent(config, port, run, "node-0")  # hosts the rendezvous store, like pod 0
+    wait_for(lambda: listening(port), 60, "node-0's rendezvous store")
+    second = agent(config, port, run, "node-1")  # joins within last_call_timeout: the first round has both
+    try:
+        wait_for((run / "ckpt" / "step-00000010").exists, 180, "a checkpoint written by the 2-node world")
+        lose_node(second)
+        assert finish(first, run, timeout=240, log="node-0.log") == 0
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                lose_node(proc)
+    log = (run / "node-0.log").read_text()
+    assert "world size 2 -> 1 (elastic)" in log, log[-3000:]
+    meta = json.loads((run / "out" / "lepton-training.json").read_text())
+    assert meta["world_size"] == 1 and meta["steps"] == 40
+    curve = losses(run)
+    assert sorted(curve) == list(range(1, 41)), "every step trained, the lost ones again after the resume"
+    assert sum(curve[s] for s in range(36, 41)) < sum(curve[s] for s in range(1, 6)), "it still learns"
