@@ -104,6 +104,33 @@ def test_one_failed_rank_restarts_the_whole_gang(kube: Kube, namespace: str, ope
     assert not set(first.values()) & set(second.values()), "a new gang needs a new rendezvous id"
 
 
+def test_elastic_job_goes_on_without_a_lost_node_and_replaces_it(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.apply(trainingjob("stretchy", nodes=None, minNodes=2, maxNodes=3), namespace)
+    eventually(lambda: phase_is(kube, namespace, "stretchy", "Running"), timeout=60, what="Running")
+    eventually(lambda: all(p["status"].get("phase") == "Running" for p in live_pods(kube, namespace))
+               and len(live_pods(kube, namespace)) == 3, timeout=60, what="all 3 pods Running")  # fmt: skip
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in live_pods(kube, namespace)}
+    finish(kube, namespace, "stretchy-0-2", "Failed", **{"lepton.ai/fake-reason": "NodeShutdown"})
+
+    def replaced() -> dict[str, Any] | None:
+        now = {p["metadata"]["name"]: p for p in live_pods(kube, namespace)}
+        fresh = now.get("stretchy-0-2")
+        if fresh is None or fresh["metadata"]["uid"] == before["stretchy-0-2"]:
+            return None
+        return now if fresh["status"].get("phase") == "Running" else None
+
+    now = eventually(replaced, timeout=120, what="the lost pod replaced and running")
+    for name in ("stretchy-0-0", "stretchy-0-1"):  # the survivors were never touched
+        assert now[name]["metadata"]["uid"] == before[name], f"{name} was restarted"
+    st = status(kube, namespace, "stretchy")
+    assert st["phase"] == "Running" and st["attempt"] == 0 and st["restarts"] == 1
+    (failure,) = st["failures"]
+    assert failure["pod"] == "stretchy-0-2" and failure["elastic"] is True and failure["reason"] == "NodeShutdown"
+    assert failure["podUID"] == before["stretchy-0-2"]
+
+
 def test_backoff_limit_fails_the_job_with_the_first_reason(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
