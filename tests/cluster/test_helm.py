@@ -130,12 +130,18 @@ def assert_operator_does_its_job_as(kubeconfig: Path, watch: str, namespace: str
     """Run the operator with exactly the chart's configuration and credentials; every kind gets status."""
     op = start_operator(kubeconfig, tmp / "operator.log", watch)
     try:
-        for path in sorted(EXAMPLES.glob("*.yaml")):
+        examples = sorted(EXAMPLES.glob("*.yaml"))
+        for path in examples:
             kube.run("create", "-n", namespace, "-f", str(path))
 
         def all_observed() -> bool:
             items = kube.get("lepton", namespace=namespace)["items"]
-            return len(items) == 4 and all(i.get("status", {}).get("observedGeneration") == 1 for i in items)
+            kinds = {i["kind"] for i in items}
+            return (
+                len(items) == len(examples)
+                and kinds == {"Dataset", "TrainingJob", "TuningStudy", "InferenceService"}
+                and all(i.get("status", {}).get("observedGeneration") == 1 for i in items)
+            )
 
         eventually(all_observed, timeout=60, what="status on all four kinds, written as the ServiceAccount")
         assert 'outcome="ok"' in op.metrics()
