@@ -1,7 +1,9 @@
 """P2: the trainer's samples/s against a hand-written plain DDP loop, same model, data and machine.
 
 Both run under a real 2-process torchrun (gloo, CPU), alternating, `--repeats` times each; the median
-of each is compared. The trainer's time excludes its checkpoint writes (reported apart).
+of each is compared. The trainer's time excludes its checkpoint writes (reported apart). The trainer
+with strategy fsdp runs in the same rotation, for information: on one machine FSDP only adds the
+all-gathers and reduce-scatters that sharding costs; it pays off when the model does not fit a GPU.
 
     python -m benchmarks.trainer_throughput --steps 200 --repeats 3
 """
@@ -30,9 +32,9 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--npro
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def trainer_run(model: Path, work: Path, steps: int, batch: int) -> tuple[float, float]:
+def trainer_run(model: Path, work: Path, steps: int, batch: int, strategy: str = "ddp") -> tuple[float, float]:
     config = {
-        "job": "bench/p2", "task": "causal-lm", "modelPath": str(model),
+        "job": "bench/p2", "task": "causal-lm", "modelPath": str(model), "strategy": strategy,
         "data": {"path": str(DATA)}, "backend": "gloo", "metricsPort": 0,
         "hyperparameters": {"learningRate": 0.003, "batchSize": batch, "maxSteps": steps, "maxSeqLength": 48,
                             "lrScheduler": "constant", "seed": 1},
@@ -65,13 +67,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = make_tiny_model(Path(tmp) / "model", DATA)
-        trainer, plain, ckpt = [], [], []
+        trainer, plain, ckpt, fsdp = [], [], [], []
         for i in range(args.repeats):
             plain.append(plain_run(model, args.steps, args.batch))
             rate, seconds = trainer_run(model, Path(tmp) / f"t{i}", args.steps, args.batch)
             trainer.append(rate)
             ckpt.append(seconds)
-    t, p = statistics.median(trainer), statistics.median(plain)
+            fsdp.append(trainer_run(model, Path(tmp) / f"f{i}", args.steps, args.batch, "fsdp")[0])
+    t, p, f = statistics.median(trainer), statistics.median(plain), statistics.median(fsdp)
     body = f"""
 Tiny GPT-2 (2 layers, 64 wide, {len(DATA.read_text().splitlines())} ticket rows), 2 processes x batch {args.batch},
 {args.steps} steps, gloo on CPU; torch {torch.__version__}, transformers {transformers.__version__}.
@@ -82,6 +85,7 @@ Median of {args.repeats} alternating runs each.
 | baseline: hand-written plain DDP loop (benchmarks/plain_ddp.py) | {p:.0f} | {", ".join(f"{x:.0f}" for x in plain)} |
 | trainer: `python -m lepton.workloads.trainer` | {t:.0f} | {", ".join(f"{x:.0f}" for x in trainer)} |
 | ratio trainer / baseline | **{t / p:.3f}x** (goal >= 0.97x) | |
+| for information: trainer with `strategy: fsdp` | {f:.0f} ({f / p:.3f}x) | {", ".join(f"{x:.0f}" for x in fsdp)} |
 
 The trainer's time excludes its one final checkpoint write ({statistics.median(ckpt):.2f} s median).
 """

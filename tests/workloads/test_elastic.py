@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lepton.local.trainingjob import free_port
+from lepton.render.trainingjob import ELASTIC_ENV
 from tests.workloads.conftest import finish, lose_node, losses, trainer_config, wait_for
 
 
@@ -31,7 +33,7 @@ def agent(config: Path, port: int, run: Path, name: str) -> subprocess.Popen[byt
            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=elastic-test",
            "--rdzv-conf=last_call_timeout=10", "--max-restarts=3",
            "-m", "lepton.workloads.trainer", "--config", str(config)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **ELASTIC_ENV}
     return subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
 
 
@@ -60,3 +62,41 @@ def test_losing_a_node_shrinks_the_world_and_training_reads_on(tiny_model: Path,
     curve = losses(run)
     assert sorted(curve) == list(range(1, 41)), "every step trained, the lost ones again after the resume"
     assert sum(curve[s] for s in range(36, 41)) < sum(curve[s] for s in range(1, 6)), "it still learns"
+
+
+def test_a_replacement_node_rejoins_and_the_world_grows_back(tiny_model: Path, tmp_path: Path) -> None:
+    """What the operator's pod replacement leads to: the new pod's agent joins, the agents restart
+    their workers in a world of two again, and training reads on from the latest checkpoint."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = run / "config.json"
+    config.write_text(json.dumps(trainer_config(tiny_model, run, maxSteps=5000)))
+    port = free_port()
+    nodes = [agent(config, port, run, "node-0")]
+    wait_for(lambda: listening(port), 60, "node-0's rendezvous store")
+    nodes.append(agent(config, port, run, "node-1"))
+
+    def logs() -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(run.glob("node-*.log")))
+
+    def world_of_latest_checkpoint() -> int:
+        done = sorted(p for p in (run / "ckpt").glob("step-*") if (p / "COMPLETE").exists())
+        return int(json.loads((done[-1] / "meta.json").read_text())["world_size"]) if done else 0
+
+    try:
+        wait_for(lambda: world_of_latest_checkpoint() == 2, 180, "a checkpoint of the 2-node world")
+        lose_node(nodes.pop())
+        wait_for(lambda: "world size 2 -> 1 (elastic)" in logs(), 180, "training on alone")
+        shrunk = len(list((run / "out" / "train_log.jsonl").read_text().splitlines()))
+        nodes.append(agent(config, port, run, "node-2"))  # the replacement pod
+        wait_for(lambda: "world size 1 -> 2 (elastic)" in logs(), 180, "the world grown back to 2")
+        wait_for(lambda: world_of_latest_checkpoint() == 2, 180, "a checkpoint of the regrown world")
+        for proc in nodes:  # preempt both (as suspend does): they checkpoint and leave
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in nodes:
+            proc.wait(timeout=120)
+    finally:
+        for proc in nodes:
+            if proc.poll() is None:
+                lose_node(proc)
+    assert len((run / "out" / "train_log.jsonl").read_text().splitlines()) > shrunk, "it trained on after the rejoin"

@@ -39,6 +39,11 @@ TORCH_ENV = {
     "TRITON_CACHE_DIR": "/tmp/triton",
 }
 
+# Elastic gangs only. torchrun's agents share their rendezvous TCP store with the workers by default,
+# and rank 0's agent then publishes the workers' master address only in the first round: a node that
+# joins a later round (a replaced pod) waits for it forever. Per-round bootstrap stores avoid that.
+ELASTIC_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
 
 @dataclass(frozen=True)
 class RenderSettings:
@@ -192,7 +197,9 @@ def torchrun_command(job: TrainingJob, attempt: int, service: str) -> list[str]:
 
 
 def _env(job: TrainingJob, config: TrainerConfig, resolved: Resolved) -> list[dict[str, Any]]:
-    merged: dict[str, dict[str, Any]] = {k: {"name": k, "value": v} for k, v in TORCH_ENV.items()}
+    total, minimum = job.spec.node_counts()
+    defaults = TORCH_ENV | (ELASTIC_ENV if total != minimum else {})
+    merged: dict[str, dict[str, Any]] = {k: {"name": k, "value": v} for k, v in defaults.items()}
     merged[TRAINER_CONFIG_ENV] = {"name": TRAINER_CONFIG_ENV, "value": json.dumps(config.to_wire(), sort_keys=True)}
     for k, v in resolved.extra_env.items():
         merged[k] = {"name": k, "value": v}
