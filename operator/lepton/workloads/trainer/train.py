@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from lepton.api.contract import TrainerConfig
+from lepton.api.trainingjob import Hyperparameters
 from lepton.workloads.trainer import checkpoint
 from lepton.workloads.trainer.data import DataError, Packed, TrainerError, epoch_order, read_rows, tokenize
 from lepton.workloads.trainer.export import export_int8
@@ -139,18 +140,20 @@ def _load_model(cfg: TrainerConfig) -> Any:
     return cls.from_pretrained(cfg.model_path, config=config)
 
 
-def _total_steps(
-    cfg: TrainerConfig, step: int, at: tuple[int, int], rows: int, per_step: int, *, resumed_world: int | None
+def total_steps(
+    hp: Hyperparameters, *, step: int, at: tuple[int, int], rows: int, per_step: int, world: int, saved: dict[str, Any]
 ) -> int:
-    """maxSteps, or the steps `epochs` take. A gang that resumes at another world size (elastic) takes
-    as many more steps as the rest of the data needs at its new step size."""
-    hp = cfg.hyperparameters
+    """maxSteps, or the steps `epochs` take at `per_step` rows a step. A resumed gang keeps the total its
+    checkpoint was written with (so the LR schedule is the one it started); one that comes back at
+    another world size (elastic) takes as many more steps as the rest of the data needs now."""
     if hp.max_steps:
         return hp.max_steps
-    steps_per_epoch = rows // per_step
     epochs = hp.epochs or 1
-    if resumed_world in (None, dist.get_world_size()):
+    steps_per_epoch = rows // per_step
+    if not saved:
         return math.ceil(epochs * steps_per_epoch)
+    if saved.get("world_size") == world and "total" in saved:
+        return int(saved["total"])
     done = at[0] + at[1] / rows
     return step + max(0, math.ceil((epochs - done) * steps_per_epoch))
 
@@ -237,7 +240,8 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     # Where the data stream stands: (epoch, position in that epoch's order). Kept as a position, not a
     # step, so an elastic gang that comes back with another world size reads on where it stopped.
     step, epoch, position = int(state.get("step", 0)), int(state.get("epoch", 0)), int(state.get("position", 0))
-    total = _total_steps(cfg, step, (epoch, position), len(train), per_step, resumed_world=state.get("world_size"))
+    total = total_steps(hp, step=step, at=(epoch, position), rows=len(train), per_step=per_step, world=world,
+                        saved=state)  # fmt: skip
     amp = autocast_dtype(hp.precision, device)
     par = parallelize(cfg.strategy, model, device, amp)
     distiller = Distiller(cfg, model.config, device) if cfg.distillation is not None else None
@@ -310,7 +314,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         if step % cfg.checkpoint_every_steps == 0 or preempted or step == total:
             state = {**par.training_state(optimizer), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "position": position,
-                     "world_size": world, "rng": _rng_state(device)}  # fmt: skip
+                     "world_size": world, "total": total, "rng": _rng_state(device)}  # fmt: skip
             t0 = time.monotonic()
             saved = checkpoint.save(ckpt_root, step, rank=rank, world=world, state=state, keep=cfg.checkpoint_keep,
                                     write_shards=lambda tmp: par.save_sharded(tmp, optimizer))  # fmt: skip
