@@ -151,7 +151,7 @@ KINDS: dict[str, KindInfo] = {
             status=TrainingJobStatus,
             columns=(
                 PHASE,
-                PrinterColumn("Ready", ".status.ready", description="Nodes running / wanted"),
+                PrinterColumn("Ready", ".status.ready", description="Pods running / pods of the gang"),
                 PrinterColumn("Progress", ".status.progress.percent", "integer", "Percent of steps done"),
                 PrinterColumn("Loss", ".status.progress.loss", description="Latest training loss"),
                 PrinterColumn("Restarts", ".status.restarts", "integer", "Gang restarts"),

@@ -216,7 +216,9 @@ class Failure(ApiModel):
 
 
 class TrainingJobStatus(CommonStatus):
-    ready: str | None = Field(default=None, description="Nodes running / nodes wanted, e.g. '2/2'.")
+    ready: str | None = Field(
+        default=None, description="Pods running / pods of the gang (maxNodes for an elastic job), e.g. '2/2'."
+    )
     restarts: int = Field(
         default=0,
         description="Recoveries from failures so far, counted against backoffLimit: gang restarts, and pods an "

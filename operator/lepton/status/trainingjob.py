@@ -202,7 +202,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
 
     def done(phase: str, *, create: bool, keep: frozenset[str], requeue: float | None = None) -> Decision:
         running = sum(p.phase == RUNNING for p in current)
-        st = c.status.model_copy(update={"phase": phase, "ready": f"{running if create else 0}/{minimum}"})
+        st = c.status.model_copy(update={"phase": phase, "ready": f"{running if create else 0}/{total}"})
         return Decision(st, attempt, create, keep, requeue)
 
     # Finished jobs keep their finished pods (for logs) and nothing else.
@@ -271,7 +271,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
             "active_seconds": active if started else previous.active_seconds,
             "start_time": None,
         })  # fmt: skip
-        return Decision(c.status.model_copy(update={"phase": RESTARTING, "ready": f"0/{minimum}"}),
+        return Decision(c.status.model_copy(update={"phase": RESTARTING, "ready": f"0/{total}"}),
                         attempt + 1, False, frozenset(), wait)  # fmt: skip
 
     next_attempt = parse_time(previous.next_attempt_time)
