@@ -16,17 +16,16 @@ import asyncio
 import copy
 import json
 import os
-import ssl
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
 
+from benchmarks.harness import Api, operator_process, timed_burst
 from benchmarks.results import record
 from lepton.api import GROUP, VERSION
 from lepton.cli.devcluster import DevCluster
@@ -38,84 +37,30 @@ TEMPLATE = yaml.safe_load((ROOT / "examples" / "dataset.yaml").read_text())
 PLURAL = "datasets"
 
 
-class Api:
-    def __init__(self, kubeconfig: Path) -> None:
-        cfg = yaml.safe_load(kubeconfig.read_text())
-        cluster, user = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
-        self.server = cluster["server"]
-        self.ssl = ssl.create_default_context(cafile=cluster["certificate-authority"])
-        self.ssl.load_cert_chain(user["client-certificate"], user["client-key"])
-
-    def session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            base_url=self.server, connector=aiohttp.TCPConnector(ssl=self.ssl, limit=64),
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
-        )  # fmt: skip
-
-
 def path(ns: str, name: str = "", sub: str = "") -> str:
     out = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}"
     return out + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
 async def run_once(api: Api, ns: str, count: int, concurrency: int, self_patch: bool) -> list[float]:
-    created: dict[str, float] = {}
-    observed: dict[str, float] = {}
-    done = asyncio.Event()
-    async with api.session() as http:
-        async with http.get(path(ns)) as rsp:
-            rv = (await rsp.json())["metadata"]["resourceVersion"]
+    async def create(http: aiohttp.ClientSession, i: int) -> str:
+        body = copy.deepcopy(TEMPLATE)
+        body["metadata"] = {"name": f"data-{i:04d}"}
+        async with http.post(path(ns), json=body) as rsp:
+            assert rsp.status == 201, await rsp.text()
+        if self_patch:
+            patch = {"status": {"observedGeneration": 1, "phase": "Pending"}}
+            headers = {"Content-Type": "application/merge-patch+json"}
+            async with http.patch(path(ns, body["metadata"]["name"], "status"), data=json.dumps(patch),
+                                  headers=headers) as rsp:  # fmt: skip
+                assert rsp.status == 200, await rsp.text()
+        return str(body["metadata"]["name"])
 
-        async def watch() -> None:
-            nonlocal rv
-            while True:  # the server may end a watch: resume from the last version seen
-                params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true"}
-                async with http.get(path(ns), params=params) as rsp:
-                    async for line in rsp.content:
-                        obj = json.loads(line)["object"]
-                        rv = obj["metadata"].get("resourceVersion", rv)
-                        name = obj["metadata"].get("name")
-                        if name and name not in observed and obj.get("status", {}).get("observedGeneration") == 1:
-                            observed[name] = time.perf_counter()
-                            if len(observed) == count:
-                                done.set()
-                                return
+    def observed(obj: dict[str, Any]) -> str | None:
+        return obj["metadata"].get("name") if obj.get("status", {}).get("observedGeneration") == 1 else None
 
-        watcher = asyncio.create_task(watch())
-        await asyncio.sleep(0.3)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def create(i: int) -> None:
-            body = copy.deepcopy(TEMPLATE)
-            body["metadata"] = {"name": f"data-{i:04d}"}
-            async with gate:
-                created[body["metadata"]["name"]] = time.perf_counter()
-                async with http.post(path(ns), json=body) as rsp:
-                    assert rsp.status == 201, await rsp.text()
-                if self_patch:
-                    patch = {"status": {"observedGeneration": 1, "phase": "Pending"}}
-                    url = path(ns, body["metadata"]["name"], "status")
-                    headers = {"Content-Type": "application/merge-patch+json"}
-                    async with http.patch(url, data=json.dumps(patch), headers=headers) as rsp:
-                        assert rsp.status == 200, await rsp.text()
-
-        await asyncio.gather(*(create(i) for i in range(count)))
-        try:
-            await asyncio.wait_for(done.wait(), timeout=300)
-        except TimeoutError:
-            raise SystemExit(f"only {len(observed)}/{count} resources got a status within 300 s") from None
-        finally:
-            watcher.cancel()
-    return sorted(observed[n] - created[n] for n in created)
-
-
-def proc_stats(pid: int) -> tuple[float, float]:
-    """(CPU seconds, peak RSS MiB) of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    hwm = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM"))
-    return cpu, int(hwm.split()[1]) / 1024
+    return await timed_burst(api, path(ns), create, observed, count=count, concurrency=concurrency, timeout=300,
+                             what="resources got a status")  # fmt: skip
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -168,18 +113,10 @@ def main() -> None:
     base_wall = time.perf_counter() - t0
 
     op_ns = namespace(cluster, "bench-operator")
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "LEPTON_WATCH_NAMESPACES": op_ns,
-           "LEPTON_METRICS_PORT": "0", "LEPTON_LOG_LEVEL": "WARNING"}  # fmt: skip
-    op = subprocess.Popen([sys.executable, "-m", "lepton.cli.main", "operator"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    time.sleep(3)  # let kopf list and start watching
-    idle_cpu, _ = proc_stats(op.pid)
-    t0 = time.perf_counter()
-    measured = asyncio.run(run_once(api, op_ns, args.count, args.concurrency, self_patch=False))
-    op_wall = time.perf_counter() - t0
-    cpu, rss = proc_stats(op.pid)
-    op.terminate()
-    op.wait(timeout=30)
+    with operator_process(cluster.kubeconfig, op_ns) as usage:
+        t0 = time.perf_counter()
+        measured = asyncio.run(run_once(api, op_ns, args.count, args.concurrency, self_patch=False))
+        op_wall = time.perf_counter() - t0
     for ns in (base_ns, op_ns):
         cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
@@ -192,10 +129,11 @@ carrying `status.observedGeneration: 1`.
 
 {table(b, m, base_wall, op_wall)}
 
-Operator process: {cpu - idle_cpu:.1f} CPU-seconds for the {args.count} resources ({cpu:.1f} s including start-up),
-peak RSS {rss:.0f} MiB. It drains {args.count / op_wall:.0f} resources/s; the latency is mostly queueing
-behind the burst on 2 cores shared with the apiserver and etcd, and kopf spends two PATCHes per object
-(its diff-base annotation, then the status) where the baseline spends one.
+Operator process: {usage.cpu - usage.idle_cpu:.1f} CPU-seconds for the {args.count} resources
+({usage.cpu:.1f} s including start-up), peak RSS {usage.rss_mib:.0f} MiB. It drains {args.count / op_wall:.0f}
+resources/s; the latency is mostly queueing behind the burst on 2 cores shared with the apiserver and
+etcd, and kopf spends two PATCHes per object (its diff-base annotation, then the status) where the
+baseline spends one.
 """
     record(
         "Operator: create → first status (issue 3)",

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
 
-from benchmarks.operator_status_latency import Api, proc_stats
+import aiohttp
+
+from benchmarks.harness import Api, operator_process, timed_burst
 from benchmarks.results import record
 from lepton.api import TrainingJob
 from lepton.api.validation import parse
@@ -58,62 +56,33 @@ def collection(obj: dict[str, Any]) -> str:
 
 
 async def run(api: Api, ns: str, jobs: int, concurrency: int, direct: bool) -> list[float]:
-    submitted: dict[str, float] = {}
     running: dict[str, set[str]] = {}
-    done_at: dict[str, float] = {}
-    finished = asyncio.Event()
-    async with api.session() as http:
-        async with http.get(f"/api/v1/namespaces/{ns}/pods") as rsp:
-            rv = (await rsp.json())["metadata"]["resourceVersion"]
+    settings = RenderSettings(gang_scheduling=True, termination_grace_seconds=1)
 
-        async def watch() -> None:
-            nonlocal rv
-            while True:
-                params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true"}
-                async with http.get(f"/api/v1/namespaces/{ns}/pods", params=params) as rsp:
-                    async for line in rsp.content:
-                        obj = json.loads(line)["object"]
-                        rv = obj["metadata"].get("resourceVersion", rv)
-                        labels = obj["metadata"].get("labels", {})
-                        job = labels.get("lepton.ai/name")
-                        if not job or obj.get("status", {}).get("phase") != "Running":
-                            continue
-                        running.setdefault(job, set()).add(obj["metadata"]["name"])
-                        if len(running[job]) == 2 and job not in done_at:
-                            done_at[job] = time.perf_counter()
-                            if len(done_at) == jobs:
-                                finished.set()
-                                return
+    async def submit(http: aiohttp.ClientSession, i: int) -> str:
+        doc = job_doc(i, ns)
+        if direct:
+            model = parse(doc)
+            assert isinstance(model, TrainingJob)
+            for child in render(model, 0, settings):
+                child["metadata"].pop("ownerReferences")  # no TrainingJob exists in this run
+                async with http.post(collection(child), json=child) as rsp:
+                    assert rsp.status == 201, await rsp.text()
+        else:
+            doc["metadata"].pop("uid")
+            async with http.post(collection(doc), json=doc) as rsp:
+                assert rsp.status == 201, await rsp.text()
+        return str(doc["metadata"]["name"])
 
-        watcher = asyncio.create_task(watch())
-        await asyncio.sleep(0.3)
-        gate = asyncio.Semaphore(concurrency)
-        settings = RenderSettings(gang_scheduling=True, termination_grace_seconds=1)
+    def both_running(pod: dict[str, Any]) -> str | None:
+        job = pod["metadata"].get("labels", {}).get("lepton.ai/name")
+        if not job or pod.get("status", {}).get("phase") != "Running":
+            return None
+        running.setdefault(job, set()).add(pod["metadata"]["name"])
+        return job if len(running[job]) == 2 else None
 
-        async def submit(i: int) -> None:
-            doc = job_doc(i, ns)
-            async with gate:
-                submitted[doc["metadata"]["name"]] = time.perf_counter()
-                if direct:
-                    model = parse(doc)
-                    assert isinstance(model, TrainingJob)
-                    for child in render(model, 0, settings):
-                        child["metadata"].pop("ownerReferences")  # no TrainingJob exists in this run
-                        async with http.post(collection(child), json=child) as rsp:
-                            assert rsp.status == 201, await rsp.text()
-                else:
-                    doc["metadata"].pop("uid")
-                    async with http.post(collection(doc), json=doc) as rsp:
-                        assert rsp.status == 201, await rsp.text()
-
-        await asyncio.gather(*(submit(i) for i in range(jobs)))
-        try:
-            await asyncio.wait_for(finished.wait(), timeout=900)
-        except TimeoutError:
-            raise SystemExit(f"only {len(done_at)}/{jobs} jobs had both pods Running within 900 s") from None
-        finally:
-            watcher.cancel()
-    return sorted(done_at[j] - submitted[j] for j in submitted)
+    return await timed_burst(api, f"/api/v1/namespaces/{ns}/pods", submit, both_running, count=jobs,
+                             concurrency=concurrency, timeout=900, what="jobs had both pods Running")  # fmt: skip
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -141,18 +110,10 @@ def main() -> None:
     base_wall = time.perf_counter() - t0
     cluster.kubectl("delete", "namespace", base_ns, "--wait=true", "--timeout=600s")
 
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "LEPTON_WATCH_NAMESPACES": op_ns,
-           "LEPTON_METRICS_PORT": "0", "LEPTON_LOG_LEVEL": "WARNING"}  # fmt: skip
-    op = subprocess.Popen([sys.executable, "-m", "lepton.cli.main", "operator"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    time.sleep(3)
-    idle_cpu, _ = proc_stats(op.pid)
-    t0 = time.perf_counter()
-    measured = asyncio.run(run(api, op_ns, args.jobs, args.concurrency, direct=False))
-    op_wall = time.perf_counter() - t0
-    cpu, rss = proc_stats(op.pid)
-    op.terminate()
-    op.wait(timeout=30)
+    with operator_process(cluster.kubeconfig, op_ns) as usage:
+        t0 = time.perf_counter()
+        measured = asyncio.run(run(api, op_ns, args.jobs, args.concurrency, direct=False))
+        op_wall = time.perf_counter() - t0
     cluster.down()
 
     b, m = summary(baseline), summary(measured)
@@ -167,7 +128,7 @@ Running (includes kwok's simulated 1-6 s container start).
 | operator: TrainingJobs, `leptonctl operator` creates the rest | {m["p50"]:.2f} | {m["p99"]:.2f} | {m["max"]:.2f} | {op_wall:.1f} |
 | ratio operator / baseline | {m["p50"] / b["p50"]:.2f}x | {m["p99"] / b["p99"]:.2f}x | | {op_wall / base_wall:.2f}x |
 
-Operator process: {cpu - idle_cpu:.1f} CPU-seconds for {args.jobs} jobs ({cpu:.1f} s with start-up), peak RSS {rss:.0f} MiB.
+Operator process: {usage.cpu - usage.idle_cpu:.1f} CPU-seconds for {args.jobs} jobs ({usage.cpu:.1f} s with start-up), peak RSS {usage.rss_mib:.0f} MiB.
 """  # noqa: E501
     record(
         "P1 operator: TrainingJob gang start (issue 4)",

@@ -1,0 +1,128 @@
+"""What the control-plane benchmarks share: a client for the real apiserver, a burst of creations timed
+against a watch, and the operator as a measured subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+
+class Api:
+    def __init__(self, kubeconfig: Path) -> None:
+        cfg = yaml.safe_load(kubeconfig.read_text())
+        cluster, user = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
+        self.server = cluster["server"]
+        self.ssl = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        self.ssl.load_cert_chain(user["client-certificate"], user["client-key"])
+
+    def session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            base_url=self.server, connector=aiohttp.TCPConnector(ssl=self.ssl, limit=64),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+        )  # fmt: skip
+
+
+Submit = Callable[[aiohttp.ClientSession, int], Awaitable[str]]
+
+
+async def timed_burst(
+    api: Api,
+    watch_path: str,
+    submit: Submit,
+    arrived: Callable[[dict[str, Any]], str | None],
+    *,
+    count: int,
+    concurrency: int,
+    timeout: float,
+    what: str,
+) -> list[float]:
+    """Submit `count` items (`submit(http, i)` creates item i and returns its key) at `concurrency`,
+    while a watch on `watch_path` calls `arrived(obj)` on every event: the key it returns, if any, is
+    done. Returns each item's submit -> done seconds, sorted."""
+    submitted: dict[str, float] = {}
+    done_at: dict[str, float] = {}
+    finished = asyncio.Event()
+    async with api.session() as http:
+        async with http.get(watch_path) as rsp:
+            rsp.raise_for_status()  # e.g. a resource the apiserver does not serve yet
+            rv = (await rsp.json())["metadata"]["resourceVersion"]
+
+        async def watch() -> None:
+            nonlocal rv
+            while True:  # the server may end a watch: resume from the last version seen
+                params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true"}
+                async with http.get(watch_path, params=params) as rsp:
+                    async for line in rsp.content:
+                        obj = json.loads(line)["object"]
+                        rv = obj["metadata"].get("resourceVersion", rv)
+                        key = arrived(obj)
+                        if key and key not in done_at:
+                            done_at[key] = time.perf_counter()
+                            if len(done_at) == count:
+                                finished.set()
+                                return
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.3)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                started = time.perf_counter()
+                submitted[await submit(http, i)] = started
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        try:
+            await asyncio.wait_for(finished.wait(), timeout=timeout)
+        except TimeoutError:
+            raise SystemExit(f"only {len(done_at)}/{count} {what} within {timeout:.0f} s") from None
+        finally:
+            watcher.cancel()
+    return sorted(done_at[k] - submitted[k] for k in submitted)
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS MiB) of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM"))
+    return cpu, int(hwm.split()[1]) / 1024
+
+
+@dataclass
+class OperatorUsage:
+    idle_cpu: float = 0.0  # CPU seconds spent starting up, before the measured run
+    cpu: float = 0.0  # CPU seconds in all
+    rss_mib: float = 0.0  # peak RSS
+
+
+@contextmanager
+def operator_process(kubeconfig: Path, namespace: str) -> Iterator[OperatorUsage]:
+    """`leptonctl operator` as deployed (a subprocess) watching `namespace`; its CPU and peak RSS are
+    filled in when the block ends."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LEPTON_WATCH_NAMESPACES": namespace,
+           "LEPTON_METRICS_PORT": "0", "LEPTON_LOG_LEVEL": "WARNING"}  # fmt: skip
+    op = subprocess.Popen([sys.executable, "-m", "lepton.cli.main", "operator"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(3)  # let kopf list and start watching
+        usage = OperatorUsage(idle_cpu=proc_stats(op.pid)[0])
+        yield usage
+        usage.cpu, usage.rss_mib = proc_stats(op.pid)
+    finally:
+        op.terminate()
+        op.wait(timeout=30)
