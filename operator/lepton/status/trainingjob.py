@@ -14,7 +14,7 @@ from typing import Any
 
 from lepton.api.conditions import ConditionType, Reason, set_condition
 from lepton.api.kinds import TrainingJob
-from lepton.api.trainingjob import Failure, TrainingJobSpec, TrainingJobStatus, pod_name
+from lepton.api.trainingjob import Failure, TrainingJobStatus, pod_name
 from lepton.status.progress import checkpoint_from, progress_from
 
 PENDING, STARTING, RUNNING, RESTARTING = "Pending", "Starting", "Running", "Restarting"
@@ -158,13 +158,12 @@ def _recorded(history: Sequence[Failure], new: Sequence[Failure]) -> list[Failur
     return [failures[0], *failures[-(MAX_FAILURES - 1) :]]
 
 
-def _elastic_losses(spec: TrainingJobSpec, pods: Sequence[PodView], minimum: int) -> list[PodView]:
+def _elastic_losses(pods: Sequence[PodView], total: int, minimum: int) -> list[PodView]:
     """The failed pods an elastic gang can go on without, or [] when it must restart whole.
 
     torchrun's agents on the surviving pods re-form the rendezvous without the lost ones (from the
     latest checkpoint) as long as at least minNodes run. Pod 0 hosts the c10d rendezvous: losing it
     restarts the gang."""
-    total, _ = spec.node_counts()
     failed = [p for p in pods if p.phase == FAILED]
     running = [p for p in pods if p.phase == RUNNING]
     if minimum == total or not failed or any(p.index == 0 for p in failed) or len(running) < minimum:
@@ -233,7 +232,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         return fail(Reason.DEADLINE_EXCEEDED, f"Running for {active}s, past activeDeadlineSeconds "
                                               f"({spec.active_deadline_seconds}s)")  # fmt: skip
 
-    lost = _elastic_losses(spec, current, minimum)
+    lost = _elastic_losses(current, total, minimum)
     seen = {f.pod_uid for f in previous.failures if f.pod_uid}
     new = [p for p in lost if p.uid is None or p.uid not in seen]
     if lost and (not new or previous.restarts + len(new) <= spec.backoff_limit):

@@ -40,8 +40,11 @@ class Parallel:
     def __init__(self, model: Any, device: torch.device, amp: torch.dtype | None) -> None:
         self.model = model.to(device)
         self.device, self.amp = device, amp
-        ids = [device.index] if device.type == "cuda" else None
-        self.wrapped: Any = DistributedDataParallel(self.model, device_ids=ids)
+        self.wrapped: Any = self.wrap(self.model)
+
+    def wrap(self, model: Any) -> Any:
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
 
     def __call__(self, **batch: torch.Tensor) -> Any:
         return self.wrapped(**batch)
@@ -85,17 +88,17 @@ class ShardedParallel(Parallel):
 
     strategy = "fsdp"
 
-    def __init__(self, model: Any, device: torch.device, amp: torch.dtype | None) -> None:
-        self.model = model.to(device)
-        self.device, self.amp = device, amp
-        policy = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32) if amp is not None else None
-        kwargs: dict[str, Any] = {"mp_policy": policy} if policy is not None else {}
+    def wrap(self, model: Any) -> Any:
+        amp = self.amp
+        kwargs: dict[str, Any] = {}
+        if amp is not None:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32)
         blocks = set(getattr(model, "_no_split_modules", None) or ())
         for module in model.modules():
             if type(module).__name__ in blocks:
                 fully_shard(module, **kwargs)
         fully_shard(model, **kwargs)
-        self.wrapped = model
+        return model  # sharded in place
 
     @contextlib.contextmanager
     def micro_step(self, *, sync: bool) -> Iterator[None]:
