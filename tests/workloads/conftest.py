@@ -44,16 +44,23 @@ def trainer_config(model: Path, run_dir: Path, **hyper: Any) -> dict[str, Any]:
     }
 
 
+def launch(
+    torchrun_args: list[str], config: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A real torchrun agent running the trainer with `config`, in a session of its own, logging to `log`."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args,
+           "-m", "lepton.workloads.trainer", "--config", str(config)]  # fmt: skip
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=environ, start_new_session=True)
+
+
 def torchrun(config: dict[str, Any], run_dir: Path, procs: int = 2) -> subprocess.Popen[bytes]:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.json"
     path.write_text(json.dumps(config))
-    log = (run_dir / "torchrun.log").open("ab")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={procs}",
-           "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "--max-restarts=0",
-           "-m", "lepton.workloads.trainer", "--config", str(path)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
+    args = ["--nnodes=1", f"--nproc-per-node={procs}", "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0",
+            "--max-restarts=0"]  # fmt: skip
+    return launch(args, path, run_dir / "torchrun.log")
 
 
 def finish(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float = 300, log: str = "torchrun.log") -> int:

@@ -10,14 +10,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lepton.local.trainingjob import free_port
 from lepton.render.trainingjob import ELASTIC_ENV
-from tests.workloads.conftest import finish, lose_node, losses, trainer_config, wait_for
+from tests.workloads.conftest import finish, launch, lose_node, losses, trainer_config, wait_for
 
 
 def listening(port: int) -> bool:
@@ -28,13 +27,9 @@ def listening(port: int) -> bool:
 
 def agent(config: Path, port: int, run: Path, name: str) -> subprocess.Popen[bytes]:
     """One node's torchrun agent, as the rendered pod runs it for an elastic job (nnodes min:max)."""
-    log = (run / f"{name}.log").open("ab")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc-per-node=1",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=elastic-test",
-           "--rdzv-conf=last_call_timeout=15", "--max-restarts=3",
-           "-m", "lepton.workloads.trainer", "--config", str(config)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **ELASTIC_ENV}
-    return subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
+    args = ["--nnodes=1:2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-id=elastic-test", "--rdzv-conf=last_call_timeout=15", "--max-restarts=3"]  # fmt: skip
+    return launch(args, config, run / f"{name}.log", ELASTIC_ENV)
 
 
 def latest_checkpoint_world(run: Path) -> int:
