@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from lepton.api.conditions import get_condition
+from lepton.api.contract import ProgressReport
 from lepton.api.kinds import TrainingJob
 from lepton.api.validation import parse
 from lepton.status.trainingjob import PodView, backoff_seconds, decide
@@ -352,13 +353,13 @@ def test_a_job_waits_for_what_it_references() -> None:
 def test_rank_zero_progress_reaches_status() -> None:
     report = {"step": 30, "totalSteps": 120, "epoch": 0.75, "loss": 2.345678, "samplesPerSecond": 912.44,
               "etaSeconds": 40.2, "checkpoint": "/mnt/pvc/models/llm/checkpoints/step-00000030"}  # fmt: skip
-    st = decide(job(), RUNNING, NOW, progress=report).status
+    st = decide(job(), RUNNING, NOW, progress=ProgressReport.parse(report)).status
     assert st.progress is not None and st.progress.to_wire() == {
         "step": 30, "totalSteps": 120, "percent": 25, "epoch": 0.75, "loss": "2.3457",
         "samplesPerSecond": "912.4", "etaSeconds": 40,
     }  # fmt: skip
     assert st.latest_checkpoint == report["checkpoint"]
-    odd = decide(job(), RUNNING, NOW, progress={"step": "x", "loss": None}).status
+    odd = decide(job(), RUNNING, NOW, progress=ProgressReport.parse({"step": "x", "loss": None})).status
     assert odd.progress is not None and odd.progress.step is None and odd.phase == "Running"
 
 

@@ -7,6 +7,7 @@ import urllib.request
 
 from lepton.controller.progress import fetch_progress
 from lepton.local.trainingjob import free_port
+from lepton.api.contract import ProgressReport
 from lepton.status.progress import progress_from
 from lepton.workloads.trainer.progress import Progress
 
@@ -20,7 +21,7 @@ def test_trainer_progress_is_read_by_the_operator() -> None:
                         checkpoint="/ckpt/step-00000050")  # fmt: skip
         report = asyncio.run(fetch_progress(f"http://127.0.0.1:{port}/progress"))
         assert report is not None and report["checkpoint"] == "/ckpt/step-00000050"
-        status = progress_from(report)
+        status = progress_from(ProgressReport.parse(report))
         assert (status.step, status.total_steps, status.percent, status.loss) == (50, 200, 25, "1.2346")
         assert status.eta_seconds is not None
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as rsp:

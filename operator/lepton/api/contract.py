@@ -3,9 +3,11 @@ sides. The trainer never reads the TrainingJob itself; the operator resolves ref
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from lepton.api.base import ApiModel
 from lepton.api.trainingjob import DistillationSpec, Hyperparameters, Task
@@ -44,3 +46,48 @@ class TrainerConfig(ApiModel):
     teacher_path: str | None = Field(default=None, description="Resolved teacher model directory.")
     quantization: Literal["none", "dynamic-int8"] = Field(default="none", description="Export quantization.")
     metrics_port: int = Field(default=METRICS_PORT, description="Prometheus and /progress port (0: off).")
+
+
+def _finite(value: Any) -> float | None:
+    """A real, finite number, or None: JSON from a process may hold NaN, Infinity, strings or bools."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+class ProgressReport(BaseModel):
+    """What a workload reports on GET /progress (trainer rank 0; later tuner and data workloads), read by
+    the operator and by the local backend alike. Parsing never fails: an odd field is dropped."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    step: int | None = None
+    total_steps: int | None = None
+    start_step: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    samples_per_second: float | None = None
+    eta_seconds: int | None = None
+    checkpoint: str | None = None
+
+    @classmethod
+    def parse(cls, doc: Any) -> ProgressReport:
+        """The report in `doc` (a decoded JSON value), keeping only the fields that make sense."""
+        if not isinstance(doc, dict):
+            return cls()
+        values: dict[str, Any] = {}
+        for name, info in cls.model_fields.items():
+            raw = doc.get(info.alias or name)
+            if name == "checkpoint":
+                values[name] = raw if isinstance(raw, str) and raw else None
+                continue
+            number = _finite(raw)
+            if number is not None and info.annotation == int | None:
+                values[name] = int(number) if abs(number) < 2**53 and number >= 0 else None
+            else:
+                values[name] = number
+        return cls(**values)
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 
 from lepton.api import GROUP, VERSION, TrainingJob
-from lepton.api.contract import METRICS_PORT
+from lepton.api.contract import METRICS_PORT, ProgressReport
 from lepton.api.kinds import API_VERSION
 from lepton.api.trainingjob import TrainingJobStatus
 from lepton.api.validation import ManifestError, parse
@@ -53,7 +53,7 @@ class TrainingJobController:
         self._wake: dict[tuple[str, str], asyncio.Event] = {}
         self._index: PodIndex | None = None
         self._drift: dict[tuple[str, str], int] = {}
-        self._progress: dict[tuple[str, str], dict[str, Any]] = {}
+        self._progress: dict[tuple[str, str], ProgressReport] = {}
         self._scraped: dict[tuple[str, str], float] = {}
 
     async def _render_settings(self) -> RenderSettings:
@@ -120,7 +120,7 @@ class TrainingJobController:
         if ip:
             report = await fetch_progress(f"http://{ip}:{METRICS_PORT}/progress")
             if report is not None:
-                self._progress[key] = report
+                self._progress[key] = ProgressReport.parse(report)
 
     async def _resolve(self, job: TrainingJob, raw_pods: list[dict[str, Any]]) -> Resolution:
         """Fetch what the job references (only before its gang exists) and resolve it purely."""

@@ -15,7 +15,8 @@ from typing import Any
 from lepton.api.conditions import ConditionType, Reason, set_condition
 from lepton.api.kinds import TrainingJob
 from lepton.api.trainingjob import Failure, TrainingJobStatus, pod_name
-from lepton.status.progress import checkpoint_from, progress_from
+from lepton.api.contract import ProgressReport
+from lepton.status.progress import progress_from
 
 PENDING, STARTING, RUNNING, RESTARTING = "Pending", "Starting", "Running", "Restarting"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
@@ -178,7 +179,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     *,
     backoff_base: float = 10.0,
     waiting_for: Sequence[str] = (),
-    progress: Mapping[str, Any] | None = None,
+    progress: ProgressReport | None = None,
 ) -> Decision:
     spec, previous = job.spec, job.status
     generation = int(job.metadata.generation or 0)
@@ -195,7 +196,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     if progress:  # rank 0's latest report; kept when a report is missing
         status = status.model_copy(update={
             "progress": progress_from(progress),
-            "latest_checkpoint": checkpoint_from(progress) or previous.latest_checkpoint,
+            "latest_checkpoint": progress.checkpoint or previous.latest_checkpoint,
         })  # fmt: skip
     c = _Conditions(status, generation, rfc3339(now))
 

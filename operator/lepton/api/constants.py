@@ -1,0 +1,44 @@
+"""Names every layer shares: label and annotation keys, and the phases shown in `kubectl get`.
+
+No other module spells a `lepton.ai/...` key or a phase as a string literal: a typo there would be a
+silent selector that matches nothing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Label:
+    """Label and annotation keys on the children the operator creates."""
+
+    KIND = "lepton.ai/kind"  # the owning resource's kind
+    NAME = "lepton.ai/name"  # the owning resource's name
+    ATTEMPT = "lepton.ai/attempt"  # gang attempt of a training pod
+    NODE_INDEX = "lepton.ai/node-index"  # rank of a training pod's node
+    RENDEZVOUS_ID = "lepton.ai/rendezvous-id"  # annotation: torchrun rendezvous id
+    FAKE_OUTCOME = "lepton.ai/fake-outcome"  # kwok test stages only (not a GPU, not a runtime)
+    APP_NAME = "app.kubernetes.io/name"
+    APP_INSTANCE = "app.kubernetes.io/instance"
+    APP_COMPONENT = "app.kubernetes.io/component"
+    APP_MANAGED_BY = "app.kubernetes.io/managed-by"
+
+
+MANAGER = "lepton-operator"  # app.kubernetes.io/managed-by, and the server-side apply field manager
+
+
+class Phase(StrEnum):
+    """`status.phase`: a one-word summary for humans. Code reads conditions, not phases."""
+
+    PENDING = "Pending"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    INVALID = "Invalid"
+    STALLED = "Stalled"
+
+
+TERMINAL_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
