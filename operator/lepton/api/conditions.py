@@ -52,6 +52,34 @@ class Reason(StrEnum):
     CRASH_LOOP_BACKOFF = "CrashLoopBackOff"
     OOM_KILLED = "OOMKilled"
     ERROR = "Error"
+    # TrainingJob lifecycle words
+    RUNNING = "Running"
+    STARTING = "Starting"
+    RESTARTING = "Restarting"
+    RESUMED = "Resumed"
+    STARTUP_DEADLINE_EXCEEDED = "StartupDeadlineExceeded"
+    # The operator cannot go on without the user's help
+    NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object the resource does not own
+    CHILD_REJECTED = "ChildRejected"  # the apiserver refuses a child the spec renders (its message follows)
+    RECONCILE_ERROR = "ReconcileError"  # an error that persisted over several retries
+
+
+class EventReason(StrEnum):
+    """Reasons of the Kubernetes Events the operator posts (`kubectl describe` lists them)."""
+
+    SCHEDULED = "Scheduled"
+    STARTED = "Started"
+    RANK_FAILED = "RankFailed"
+    GANG_RESTARTED = "GangRestarted"
+    NODE_REPLACED = "NodeReplaced"
+    CHECKPOINT_WRITTEN = "CheckpointWritten"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    TTL_DELETED = "TTLDeleted"
+    INVALID_SPEC = "InvalidSpec"
+    STALLED = "Stalled"
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -6,8 +6,10 @@ the operator authenticates once and in one way. Writes are server-side apply und
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import ssl
 import tempfile
 from collections.abc import Mapping
@@ -18,13 +20,33 @@ from typing import Any
 import aiohttp
 import kopf
 
-FIELD_MANAGER = "lepton-operator"
+from lepton.api.constants import MANAGER
+
+FIELD_MANAGER = MANAGER
+RETRIES = 4  # for 429, 5xx and lost connections; then the per-object loop backs off on its own
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 30.0
+log = logging.getLogger("lepton.kube")
 
 
 class KubeError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
+    """The apiserver answered an error (status >= 400), or could not be reached (status 0)."""
+
+    def __init__(self, status: int, message: str, reason: str = "", retry_after: float | None = None) -> None:
+        self.status, self.message, self.reason, self.retry_after = status, message, reason, retry_after
         super().__init__(f"{status}: {message}")
+
+    @property
+    def rejected(self) -> bool:
+        """The apiserver refused the request itself (invalid, forbidden): retrying the same won't help."""
+        return 400 <= self.status < 500 and self.status not in (404, 409, 429)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(headers.get("Retry-After", ""))))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
 
 
 def _as_bytes(data: str | bytes) -> bytes:
@@ -57,6 +79,8 @@ def api_path(api_version: str, plural: str, namespace: str | None, name: str | N
 
 PLURALS = {
     "Pod": "pods",
+    "Event": "events",
+    "NetworkPolicy": "networkpolicies",
     "Service": "services",
     "PodGroup": "podgroups",
     "TrainingJob": "trainingjobs",
@@ -103,18 +127,49 @@ class KubeClient:
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
     ) -> dict[str, Any] | None:  # fmt: skip
+        """One API call; 429 and 5xx answers and lost connections are retried (Retry-After honoured).
+        None for a 404 on GET or DELETE."""
+        for attempt in range(RETRIES + 1):
+            try:
+                return await self._request_once(method, path, body, content_type, params)
+            except KubeError as exc:
+                if (exc.status not in RETRYABLE and exc.status != 0) or attempt == RETRIES:
+                    raise
+                delay = exc.retry_after if exc.retry_after is not None else 0.2 * 2**attempt
+                log.debug("%s %s: %s; retry in %.1fs", method, path, exc, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _request_once(
+        self, method: str, path: str, body: Any, content_type: str, params: Mapping[str, str] | None
+    ) -> dict[str, Any] | None:
         http = await self._http()
         data = None if body is None else json.dumps(body)
-        async with http.request(method, path, data=data, params=params, headers={"Content-Type": content_type}) as rsp:
-            if rsp.status == 404 and method in ("DELETE", "GET"):
-                return None
-            if rsp.status >= 400:
-                try:
-                    message = (await rsp.json()).get("message", "")
-                except (aiohttp.ContentTypeError, json.JSONDecodeError):
-                    message = await rsp.text()
-                raise KubeError(rsp.status, message)
-            return dict(await rsp.json())
+        try:
+            async with http.request(method, path, data=data, params=params,
+                                    headers={"Content-Type": content_type}) as rsp:  # fmt: skip
+                if rsp.status == 404 and method in ("DELETE", "GET"):
+                    return None
+                if rsp.status >= 400:
+                    try:
+                        doc = await rsp.json()
+                        message, reason = str(doc.get("message", "")), str(doc.get("reason", ""))
+                    except (aiohttp.ContentTypeError, json.JSONDecodeError, AttributeError):
+                        message, reason = await rsp.text(), ""
+                    wait = _retry_after(rsp.headers) if "Retry-After" in rsp.headers else None
+                    raise KubeError(rsp.status, message, reason, wait)
+                return dict(await rsp.json())
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise KubeError(0, f"apiserver unreachable: {exc or type(exc).__name__}") from exc
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.request("GET", api_path(api_version, PLURALS[kind], namespace, name))
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST: fails with 409 when the name is taken, so nobody's object is ever taken over."""
+        meta = obj["metadata"]
+        path = api_path(obj["apiVersion"], PLURALS[obj["kind"]], meta.get("namespace"))
+        return await self.request("POST", path, body=obj, params={"fieldManager": FIELD_MANAGER})
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
         """Server-side apply under the operator's field manager (creates, or corrects drift)."""
@@ -131,10 +186,12 @@ class KubeClient:
         path = api_path(api_version, PLURALS[kind], namespace, name, "status")
         await self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
 
-    async def serves(self, group_version: str, plural: str) -> bool:
-        """Whether the cluster serves a resource (discovery), e.g. native gang scheduling's PodGroups."""
+    async def serves(self, group_version: str, plural: str) -> bool | None:
+        """Whether the cluster serves a resource (discovery), e.g. native gang scheduling's PodGroups;
+        None when discovery failed, so the caller asks again instead of deciding on an error."""
         try:
             found = await self.request("GET", f"/apis/{group_version}")
-        except KubeError:
-            return False
+        except KubeError as exc:
+            log.warning("discovery of %s failed (%s); will ask again", group_version, exc)
+            return None
         return found is not None and any(r.get("name") == plural for r in found.get("resources", []))

@@ -23,6 +23,19 @@ class OperatorMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        self.errors = Counter(
+            "lepton_reconcile_errors_total",
+            "Reconcile passes that raised, by kind and reason (exception type or HTTP status); each is retried "
+            "with capped exponential backoff.",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
+        self.loops = Gauge(
+            "lepton_reconcile_loops",
+            "Per-object reconcile loops alive, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.resources = Gauge(
             "lepton_resources",
             "Resources the operator knows, by kind and phase.",

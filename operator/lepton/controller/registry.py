@@ -1,18 +1,26 @@
-"""All of the operator's handlers, registered in a registry of their own (no module-level globals)."""
+"""All of the operator's handlers, registered in a registry of their own (no module-level globals).
+
+Every kind runs on the same event-driven skeleton (controller/reconciler.py): one `on.event` handler
+per kind feeds the per-object loops, and one index per watched child kind wakes the owner's loop.
+No on.create/on.update handlers, so kopf writes no diff-base annotation and adds no finalizer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
 from lepton.api import GROUP, KINDS, VERSION
-from lepton.controller import trainingjob
-from lepton.controller.handlers import make_forgetter, make_reconciler
+from lepton.api.constants import Label
+from lepton.controller.awaiting import AwaitingBinding
+from lepton.controller.events import EventRecorder
 from lepton.controller.kube import KubeClient
 from lepton.controller.metrics import OperatorMetrics
+from lepton.controller.reconciler import Binding, Reconciler
 from lepton.controller.settings import Settings
+from lepton.controller.trainingjob import TrainingJobBinding
 from lepton.render.trainingjob import RenderSettings
 
 
@@ -27,27 +35,58 @@ def make_login(client: KubeClient) -> Callable[..., kopf.ConnectionInfo | None]:
     return login
 
 
+def bindings(settings: Settings) -> list[Binding[Any]]:
+    render = RenderSettings(
+        trainer_image=settings.images.get("trainer", RenderSettings.trainer_image),
+        termination_grace_seconds=settings.termination_grace_seconds,
+    )
+    built: list[Binding[Any]] = [TrainingJobBinding(render, backoff_base=settings.restart_backoff_seconds)]
+    done = {b.info.kind for b in built}
+    return built + [AwaitingBinding(info) for kind, info in KINDS.items() if kind not in done]
+
+
+def _index_id(kind: str, plural: str) -> str:
+    return f"{kind.lower()}_{plural}"
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler[Any]) -> None:
+    info = reconciler.binding.info
+    ids = {child.plural: _index_id(info.kind, child.plural) for child in reconciler.binding.children}
+
+    for plural, index_id in ids.items():
+
+        async def child_index(body: kopf.Body, labels: Mapping[str, str], **_: Any) -> dict[tuple[str, str], Any]:
+            key = (str(body.metadata.namespace), labels.get(Label.NAME, ""))
+            reconciler.poke(key)
+            return {key: dict(body)}
+
+        kopf.index(plural, labels={Label.KIND: info.kind}, registry=registry, id=index_id)(child_index)
+
+    async def resource_event(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
+        for plural, index_id in ids.items():
+            reconciler.indexes[plural] = kwargs[index_id]
+        key = (str(body.metadata.namespace), str(body.metadata.name))
+        if event.get("type") == "DELETED":
+            await reconciler.forget(key)
+        else:
+            reconciler.track(key, {k: body[k] for k in body})
+
+    kopf.on.event(GROUP, VERSION, info.plural, registry=registry, id=f"reconcile_{info.plural}")(resource_event)
+
+
 def build_registry(metrics: OperatorMetrics, client: KubeClient, settings: Settings) -> kopf.OperatorRegistry:
-    """Register the handlers of every kind in a registry of their own."""
+    """Register every kind's binding on the skeleton, in a registry of their own."""
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(make_login(client))
-    trainingjob.register(
-        registry,
-        trainingjob.TrainingJobController(
-            client,
-            metrics,
-            RenderSettings(trainer_image=settings.images.get("trainer", RenderSettings.trainer_image)),
-            backoff_base=settings.restart_backoff_seconds,
-        ),
-    )
-    for info in KINDS.values():
-        if info.kind == "TrainingJob":
-            continue  # its own controller, above
-        reconcile = make_reconciler(info, metrics)
-        for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
-            on(GROUP, VERSION, info.plural, registry=registry, id="reconcile")(reconcile)
-        # optional: no finalizer, so deleting never waits on a running operator.
-        kopf.on.delete(GROUP, VERSION, info.plural, registry=registry, optional=True, id="forget")(
-            make_forgetter(info, metrics)
-        )
+    recorder = EventRecorder(client)
+    reconcilers = [Reconciler(b, client, metrics, recorder) for b in bindings(settings)]
+    for reconciler in reconcilers:
+        register(registry, reconciler)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_loops(**_: Any) -> None:
+        for reconciler in reconcilers:
+            await reconciler.stop_all()
+
+    del stop_loops  # registered; nothing else refers to it
     return registry

@@ -12,21 +12,24 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lepton.api.constants import Label
 from lepton.api.contract import METRICS_PORT, RENDEZVOUS_PORT, TRAINER_CONFIG_ENV, TrainerConfig, TrainerData
 from lepton.api.kinds import TrainingJob
 from lepton.api.trainingjob import TrainingJobSpec, pod_name
 from lepton.render.common import (
-    GPU_RESOURCE,
     GPU_TOLERATION,
     RESTRICTED_CONTAINER,
     RESTRICTED_POD,
-    child_labels,
-    owner_reference,
+    Mounts,
+    child_metadata,
+    merge_env,
+    resources,
+    secret_env,
+    selector,
 )
 
 COMPONENT = "trainer"
 SHM_PER_GPU_GI = 8  # NCCL's shared-memory transport; /dev/shm defaults to 64Mi in a container
-MOUNT_ROOT = "/mnt/pvc"
 # Defaults a user overrides through spec.env (the user's value wins).
 TORCH_ENV = {
     "NCCL_DEBUG": "WARN",
@@ -81,34 +84,11 @@ def backend(spec: TrainingJobSpec) -> Literal["nccl", "gloo"]:
     return "nccl" if spec.gpus_per_node > 0 else "gloo"
 
 
-class _Mounts:
-    """PersistentVolumeClaims used by the job, each mounted once under /mnt/pvc/<claim>."""
-
-    def __init__(self) -> None:
-        self.claims: dict[str, bool] = {}  # claim -> read-only
-
-    def path(self, claim: str, sub: str, read_only: bool) -> str:
-        self.claims[claim] = self.claims.get(claim, True) and read_only
-        return f"{MOUNT_ROOT}/{claim}/{sub}".rstrip("/")
-
-    def volumes(self) -> list[dict[str, Any]]:
-        return [
-            {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": ro}}
-            for i, (c, ro) in enumerate(sorted(self.claims.items()))
-        ]
-
-    def volume_mounts(self) -> list[dict[str, Any]]:
-        return [
-            {"name": f"pvc-{i}", "mountPath": f"{MOUNT_ROOT}/{c}", "readOnly": ro}
-            for i, (c, ro) in enumerate(sorted(self.claims.items()))
-        ]
-
-
 def _strip_file(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
-def trainer_config(job: TrainingJob, resolved: Resolved, mounts: _Mounts) -> TrainerConfig:
+def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> TrainerConfig:
     spec = job.spec
     model = spec.model
     if resolved.model_uri:
@@ -162,7 +142,7 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: _Mounts) -> Tra
     )
 
 
-def _teacher_path(job: TrainingJob, resolved: Resolved, mounts: _Mounts) -> str | None:
+def _teacher_path(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> str | None:
     teacher = job.spec.distillation.teacher if job.spec.distillation else None
     if teacher is None:
         return None
@@ -198,31 +178,13 @@ def torchrun_command(job: TrainingJob, attempt: int, service: str) -> list[str]:
 
 def _env(job: TrainingJob, config: TrainerConfig, resolved: Resolved) -> list[dict[str, Any]]:
     total, minimum = job.spec.node_counts()
-    defaults = TORCH_ENV | (ELASTIC_ENV if total != minimum else {})
-    merged: dict[str, dict[str, Any]] = {k: {"name": k, "value": v} for k, v in defaults.items()}
-    merged[TRAINER_CONFIG_ENV] = {"name": TRAINER_CONFIG_ENV, "value": json.dumps(config.to_wire(), sort_keys=True)}
-    for k, v in resolved.extra_env.items():
-        merged[k] = {"name": k, "value": v}
+    ours = [{"name": TRAINER_CONFIG_ENV, "value": json.dumps(config.to_wire(), sort_keys=True)}]
+    ours += [{"name": k, "value": v} for k, v in resolved.extra_env.items()]
     hub = job.spec.model.hub
     if hub is not None and hub.token_secret_ref is not None:
-        ref = hub.token_secret_ref
-        merged["HF_TOKEN"] = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-    for var in job.spec.env:  # the user's settings win
-        merged[var.name] = var.to_wire()
-    return list(merged.values())
-
-
-def _resources(spec: TrainingJobSpec) -> dict[str, Any]:
-    requests: dict[str, Any] = dict(spec.resources.requests)
-    limits: dict[str, Any] = dict(spec.resources.limits)
-    if spec.gpus_per_node:
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(spec.gpus_per_node)
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = {k: str(v) for k, v in requests.items()}
-    if limits:
-        out["limits"] = {k: str(v) for k, v in limits.items()}
-    return out
+        ours.append(secret_env("HF_TOKEN", hub.token_secret_ref.name, hub.token_secret_ref.key))
+    defaults = TORCH_ENV | (ELASTIC_ENV if total != minimum else {})
+    return merge_env(defaults, ours, user=job.spec.env)
 
 
 def render_service(job: TrainingJob) -> dict[str, Any]:
@@ -230,16 +192,11 @@ def render_service(job: TrainingJob) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": job.metadata.namespace,
-            "labels": child_labels(job, COMPONENT),
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": child_metadata(job, name, COMPONENT),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # ranks meet before any of them is ready
-            "selector": {"lepton.ai/kind": "TrainingJob", "lepton.ai/name": name},
+            "selector": selector(job),
             "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
         },
     }
@@ -253,12 +210,9 @@ def render_pod_group(job: TrainingJob, attempt: int) -> dict[str, Any]:
     return {
         "apiVersion": "scheduling.k8s.io/v1beta1",
         "kind": "PodGroup",
-        "metadata": {
-            "name": pod_group_name(job.metadata.name, attempt),
-            "namespace": job.metadata.namespace,
-            "labels": child_labels(job, COMPONENT) | {"lepton.ai/attempt": str(attempt)},
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": child_metadata(
+            job, pod_group_name(job.metadata.name, attempt), COMPONENT, **{Label.ATTEMPT: str(attempt)}
+        ),
         "spec": spec,
     }
 
@@ -270,10 +224,12 @@ def render_pod(
     spec = job.spec
     name = job.metadata.name
     total, minimum = spec.node_counts()
-    mounts = _Mounts()
+    mounts = Mounts()
     config = trainer_config(job, resolved, mounts)
-    labels = child_labels(job, COMPONENT) | {"lepton.ai/attempt": str(attempt), "lepton.ai/node-index": str(index)}
-    annotations: dict[str, str] = {"lepton.ai/rendezvous-id": rendezvous_id(job.metadata.uid or name, attempt)}
+    metadata = child_metadata(job, pod_name(name, attempt, index), COMPONENT,
+                              **{Label.ATTEMPT: str(attempt), Label.NODE_INDEX: str(index)})  # fmt: skip
+    labels = metadata["labels"]
+    annotations: dict[str, str] = {Label.RENDEZVOUS_ID: rendezvous_id(job.metadata.uid or name, attempt)}
     gates: list[dict[str, str]] = []
     if spec.scheduling.queue_name:
         # Kueue's plain-pod integration admits the group as one workload.
@@ -294,7 +250,7 @@ def render_pod(
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},
         ],
-        "resources": _resources(spec),
+        "resources": resources(spec.resources, spec.gpus_per_node),
         "securityContext": RESTRICTED_CONTAINER,
         "volumeMounts": [
             {"name": "dshm", "mountPath": "/dev/shm"},
@@ -333,13 +289,7 @@ def render_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": pod_name(name, attempt, index),
-            "namespace": job.metadata.namespace,
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": metadata | {"labels": labels, "annotations": annotations},
         "spec": pod_spec,
     }
 

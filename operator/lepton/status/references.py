@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lepton.api.common import ModelSource
+from lepton.api.common import DatasetRef, ModelSource
 from lepton.api.conditions import ConditionType
-from lepton.api.kinds import TrainingJob
+from lepton.api.constants import Phase
+from lepton.api.kinds import Dataset, InferenceService, Resource, TrainingJob, TuningStudy
 
 Ref = tuple[str, str]  # (kind, name) in the job's namespace
 
@@ -35,13 +36,38 @@ def _model_refs(source: ModelSource | None) -> list[Ref]:
     return []
 
 
-def references(job: TrainingJob) -> list[Ref]:
-    spec = job.spec
-    refs = _model_refs(spec.model)
-    if spec.data.dataset_ref is not None:
-        refs.append(("Dataset", spec.data.dataset_ref.name))
-    if spec.distillation is not None:
-        refs += _model_refs(spec.distillation.teacher)
+def model_sources(resource: Resource) -> list[tuple[str, ModelSource | None]]:
+    """Every model a resource reads, keyed by its role: "model", "teacher", "canary", "tokenizer"."""
+    match resource:
+        case TrainingJob(spec=spec):
+            return [("model", spec.model), ("teacher", spec.distillation.teacher if spec.distillation else None)]
+        case InferenceService(spec=spec):
+            return [("model", spec.model), ("canary", spec.canary.model if spec.canary else None)]
+        case Dataset(spec=spec):
+            return [("tokenizer", spec.tokenize.tokenizer if spec.tokenize else None)]
+        case TuningStudy(spec=spec):
+            return [("model", spec.trial_template.training_job.model)]
+    return []
+
+
+def dataset_ref(resource: Resource) -> DatasetRef | None:
+    match resource:
+        case TrainingJob(spec=spec):
+            return spec.data.dataset_ref
+        case TuningStudy(spec=spec):
+            return spec.trial_template.training_job.data.dataset_ref
+    return None
+
+
+def references(resource: Resource) -> list[Ref]:
+    """The (kind, name) of every resource this one waits for, in a stable order."""
+    sources = model_sources(resource)
+    refs = _model_refs(sources[0][1]) if sources else []
+    ref = dataset_ref(resource)
+    if ref is not None:
+        refs.append(("Dataset", ref.name))
+    for _, source in sources[1:]:
+        refs += _model_refs(source)
     return refs
 
 
@@ -58,7 +84,7 @@ def _model_uri(source: ModelSource | None, found: Mapping[Ref, Mapping[str, Any]
             return None, f"{ref[0]} {ref[1]!r} not found"
         status = obj.get("status", {})
         if ref[0] == "TrainingJob":
-            if status.get("phase") != "Succeeded" or not status.get("outputModel"):
+            if status.get("phase") != Phase.SUCCEEDED or not status.get("outputModel"):
                 return None, f"TrainingJob {ref[1]!r} has not produced its model yet (phase {status.get('phase')})"
             return str(status["outputModel"]), ""
         best = status.get("bestTrial") or {}
@@ -68,17 +94,16 @@ def _model_uri(source: ModelSource | None, found: Mapping[Ref, Mapping[str, Any]
     return None, ""
 
 
-def resolve(job: TrainingJob, found: Mapping[Ref, Mapping[str, Any] | None]) -> Resolution:
+def resolve(resource: Resource, found: Mapping[Ref, Mapping[str, Any] | None]) -> Resolution:
     uris: dict[str, str] = {}
     waiting: list[str] = []
-    spec = job.spec
-    for key, source in (("model", spec.model), ("teacher", spec.distillation.teacher if spec.distillation else None)):
+    for key, source in model_sources(resource):
         uri, why = _model_uri(source, found)
         if uri:
             uris[key] = uri
         elif why:
             waiting.append(why)
-    ref = spec.data.dataset_ref
+    ref = dataset_ref(resource)
     if ref is not None:
         obj = found.get(("Dataset", ref.name))
         status = (obj or {}).get("status", {})

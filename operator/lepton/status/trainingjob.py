@@ -7,20 +7,23 @@ rest), so every rule of the lifecycle lives here and is table-tested.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from lepton.api.conditions import ConditionType, Reason, set_condition
+from lepton.api.conditions import ConditionType, Reason
+from lepton.api.constants import TERMINAL_PHASES, Phase
+from lepton.api.contract import ProgressReport
 from lepton.api.kinds import TrainingJob
 from lepton.api.trainingjob import Failure, TrainingJobStatus, pod_name
-from lepton.api.contract import ProgressReport
+from lepton.status.clock import parse_time, rfc3339
+from lepton.status.pods import PodView
 from lepton.status.progress import progress_from
+from lepton.status.story import Story
 
-PENDING, STARTING, RUNNING, RESTARTING = "Pending", "Starting", "Running", "Restarting"
-SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
-TERMINAL = (SUCCEEDED, FAILED)
+PENDING, STARTING, RUNNING, RESTARTING = Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.RESTARTING
+SUCCEEDED, FAILED, SUSPENDED = Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED
+TERMINAL = TERMINAL_PHASES
 MAX_FAILURES = 20  # status.failures' maxItems
 STALLING_WAIT_REASONS = (
     "ImagePullBackOff",
@@ -29,73 +32,6 @@ STALLING_WAIT_REASONS = (
     "CreateContainerConfigError",
     "CrashLoopBackOff",  # only from init or sidecar containers: the trainer itself never restarts in place
 )
-
-
-def rfc3339(t: datetime) -> str:
-    return t.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(s: str | None) -> datetime | None:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
-
-
-@dataclass(frozen=True)
-class PodView:
-    """What the lifecycle needs to know of one pod."""
-
-    name: str
-    attempt: int
-    phase: str
-    index: int = 0
-    uid: str | None = None
-    created: datetime | None = None
-    scheduled: bool = False
-    unschedulable: str | None = None
-    waiting_reason: str | None = None
-    waiting_message: str = ""
-    terminated_reason: str | None = None
-    exit_code: int | None = None
-    message: str = ""
-    deleting: bool = False
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in (SUCCEEDED, FAILED)
-
-    @classmethod
-    def of(cls, pod: Mapping[str, Any]) -> PodView:
-        meta, status = pod.get("metadata", {}), pod.get("status", {})
-        scheduled, unschedulable = False, None
-        for cond in status.get("conditions", []):
-            if cond.get("type") == "PodScheduled":
-                scheduled = cond.get("status") == "True"
-                if cond.get("status") == "False" and cond.get("reason") in ("Unschedulable", "SchedulerError"):
-                    unschedulable = cond.get("message", "")
-        waiting_reason = waiting_message = terminated_reason = None
-        exit_code = None
-        for cs in status.get("containerStatuses", []):
-            state = cs.get("state", {})
-            if "waiting" in state and state["waiting"].get("reason") not in (None, "ContainerCreating"):
-                waiting_reason, waiting_message = state["waiting"].get("reason"), state["waiting"].get("message", "")
-            term = state.get("terminated")
-            if term and (terminated_reason is None or term.get("exitCode", 0) != 0):  # a failing container wins
-                terminated_reason, exit_code = term.get("reason") or "Error", term.get("exitCode")
-        return cls(
-            name=meta.get("name", ""),
-            attempt=int(meta.get("labels", {}).get("lepton.ai/attempt", "0")),
-            index=int(meta.get("labels", {}).get("lepton.ai/node-index", "0")),
-            uid=meta.get("uid"),
-            phase=status.get("phase", PENDING),
-            created=parse_time(meta.get("creationTimestamp")),
-            scheduled=scheduled or bool(pod.get("spec", {}).get("nodeName")),
-            unschedulable=unschedulable,
-            waiting_reason=waiting_reason,
-            waiting_message=waiting_message or "",
-            terminated_reason=terminated_reason,
-            exit_code=exit_code,
-            message=status.get("message", "") or status.get("reason", ""),
-            deleting=bool(meta.get("deletionTimestamp")),
-        )
 
 
 @dataclass(frozen=True)
@@ -118,23 +54,6 @@ def output_location(job: TrainingJob) -> str:
 def backoff_seconds(restarts: int, base: float = 10.0, cap: float = 300.0) -> float:
     """10 s, 20 s, 40 s, … up to 5 min: time for a node or a flaky dependency to recover."""
     return float(min(cap, base * 2 ** max(restarts - 1, 0)))
-
-
-class _Conditions:
-    def __init__(self, status: TrainingJobStatus, generation: int, now: str) -> None:
-        self.status, self.generation, self.now = status, generation, now
-
-    def set(self, type_: str, value: bool, reason: str, message: str = "") -> None:
-        conds = set_condition(
-            self.status.conditions, type_, "True" if value else "False", reason, message,
-            observed_generation=self.generation, now=self.now,
-        )  # fmt: skip
-        self.status = self.status.model_copy(update={"conditions": conds})
-
-    def story(self, *, ready: bool, reconciling: bool, stalled: bool, reason: str, message: str) -> None:
-        self.set(ConditionType.READY, ready, reason, message)
-        self.set(ConditionType.RECONCILING, reconciling, reason, message if reconciling else "")
-        self.set(ConditionType.STALLED, stalled, reason, message if stalled else "")
 
 
 def _failure(pod: PodView, attempt: int, now: datetime, *, elastic: bool = False) -> Failure:
@@ -198,7 +117,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
             "progress": progress_from(progress),
             "latest_checkpoint": progress.checkpoint or previous.latest_checkpoint,
         })  # fmt: skip
-    c = _Conditions(status, generation, rfc3339(now))
+    c = Story(status, generation, rfc3339(now))
 
     def done(phase: str, *, create: bool, keep: frozenset[str], requeue: float | None = None) -> Decision:
         running = sum(p.phase == RUNNING for p in current)
@@ -220,7 +139,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
                                                "start_time": None})  # fmt: skip
         return done(SUSPENDED, create=False, keep=frozenset())
     if resuming:
-        c.set(ConditionType.SUSPENDED, False, "Resumed", "Resumed from the latest checkpoint")
+        c.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "Resumed from the latest checkpoint")
 
     def fail(reason: str, message: str) -> Decision:
         c.set(ConditionType.FAILED, True, reason, message)
@@ -282,7 +201,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     # A new gang starts only once the previous one is gone: its pods still hold GPUs and ports.
     lingering = [p for p in pods if p.attempt != attempt]
     if lingering:
-        c.story(ready=False, reconciling=True, stalled=False, reason="Restarting",
+        c.story(ready=False, reconciling=True, stalled=False, reason=Reason.RESTARTING,
                 message=f"Waiting for {len(lingering)} pod(s) of the previous attempt to terminate")  # fmt: skip
         return done(RESTARTING, create=False, keep=frozenset(), requeue=1.0)
 
@@ -309,7 +228,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     if len(running) >= minimum and len(current) >= minimum:
         if not started:
             c.status = c.status.model_copy(update={"start_time": rfc3339(now)})
-        c.story(ready=True, reconciling=False, stalled=False, reason="Running",
+        c.story(ready=True, reconciling=False, stalled=False, reason=Reason.RUNNING,
                 message=f"{len(running)} of {total} nodes running")  # fmt: skip
         return done(RUNNING, create=True, keep=names)
 
@@ -321,7 +240,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
             elif stalled_pod is not None:
                 reason, text = str(stalled_pod.waiting_reason), stalled_pod.waiting_message
             else:
-                reason, text = "StartupDeadlineExceeded", ""
+                reason, text = str(Reason.STARTUP_DEADLINE_EXCEEDED), ""
             return fail(reason, f"Not all pods running after {waited:.0f}s (startupDeadlineSeconds "
                                 f"{spec.startup_deadline_seconds}): {text}".rstrip(": "))  # fmt: skip
     if stalled_pod is not None:
@@ -334,7 +253,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         return done(PENDING, create=True, keep=names)
     scheduled = sum(p.scheduled for p in current)
     if current and scheduled >= minimum:
-        c.story(ready=False, reconciling=True, stalled=False, reason="Starting",
+        c.story(ready=False, reconciling=True, stalled=False, reason=Reason.STARTING,
                 message=f"{len(running)} of {total} nodes running")  # fmt: skip
         return done(STARTING, create=True, keep=names)
     c.story(ready=False, reconciling=True, stalled=False, reason=Reason.PENDING,

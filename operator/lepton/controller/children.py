@@ -1,0 +1,132 @@
+"""Make a resource's children match a plan, touching only what the resource owns.
+
+An object is the resource's own when its controller ownerReference carries the resource's UID: a
+pre-existing object that merely shares a name (or a label) is never adopted, updated or deleted.
+Children are created with POST (a taken name answers 409, never a takeover) and re-applied with
+server-side apply only when they drifted from the plan; pods are never re-applied (their spec is
+immutable), only created and deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, MutableSet, Sequence
+from typing import Any
+
+from lepton.controller.kube import KubeClient, KubeError
+from lepton.status.plan import ChildKey, Plan
+
+
+class NameConflictError(Exception):
+    """A child's name is taken by an object the resource does not control."""
+
+    def __init__(self, kind: str, name: str, holder: str) -> None:
+        self.kind, self.name, self.holder = kind, name, holder
+        super().__init__(
+            f"{kind} {name!r} already exists and is not owned by this resource ({holder}); "
+            f"rename or delete that {kind}, or rename this resource"
+        )
+
+
+class ChildRejectedError(Exception):
+    """The apiserver refuses a child the spec renders (invalid, forbidden): retrying the same won't help."""
+
+    def __init__(self, kind: str, name: str, error: KubeError) -> None:
+        self.kind, self.name, self.error = kind, name, error
+        super().__init__(f"the apiserver rejected {kind} {name!r}: {error.message}")
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller"):
+            uid = ref.get("uid")
+            return str(uid) if uid else None
+    return None
+
+
+def owned(objects: Iterable[Mapping[str, Any]], uid: str) -> list[Mapping[str, Any]]:
+    """The objects whose controller is the resource with this UID."""
+    return [o for o in objects if uid and controller_uid(o) == uid]
+
+
+def _holder(obj: Mapping[str, Any]) -> str:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller"):
+            return f"controlled by {ref.get('kind')} {ref.get('name')!r}"
+    return "not created by Lepton"
+
+
+def drifted(desired: Any, actual: Any) -> bool:
+    """Whether `actual` lacks or changed anything `desired` states (fields the server adds are fine)."""
+    if isinstance(desired, Mapping):
+        return not isinstance(actual, Mapping) or any(drifted(v, actual.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (not isinstance(actual, list) or len(actual) != len(desired)
+                or any(drifted(d, a) for d, a in zip(desired, actual, strict=True)))  # fmt: skip
+    return bool(desired != actual)
+
+
+def _key(obj: Mapping[str, Any]) -> ChildKey:
+    return str(obj["kind"]), str(obj["metadata"]["name"])
+
+
+async def converge(
+    client: KubeClient,
+    uid: str,
+    plan: Plan,
+    observed: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    pruned: Iterable[str],
+    created: MutableSet[ChildKey],
+) -> int:
+    """Delete owned children of the `pruned` kinds that the plan no longer wants, then create what is
+    missing and correct what drifted. `observed` holds owned children by kind (kinds the operator
+    watches); `created` remembers children of unwatched kinds made earlier. Returns the writes sent."""
+    writes = 0
+    wanted = plan.wanted()
+    for kind in pruned:
+        for obj in observed.get(kind, []):
+            meta = obj["metadata"]
+            if (kind, meta["name"]) not in wanted and not meta.get("deletionTimestamp"):
+                await client.delete(str(obj["apiVersion"]), kind, meta["namespace"], meta["name"])
+                writes += 1
+    present = {_key({"kind": kind, **o}): o for kind, objs in observed.items() for o in objs}
+    for child in plan.children:
+        key = _key(child)
+        actual = present.get(key)
+        try:
+            if actual is None and (key[0] in observed or key not in created):
+                actual = await _create(client, child, uid)
+                writes += actual is None
+                created.add(key)
+            if actual is not None and key[0] != "Pod" and drifted(_spec_part(child), actual):
+                await client.apply(child)
+                writes += 1
+        except KubeError as exc:
+            if exc.rejected:
+                raise ChildRejectedError(key[0], key[1], exc) from exc
+            raise
+    return writes
+
+
+def _spec_part(child: Mapping[str, Any]) -> dict[str, Any]:
+    meta = child["metadata"]
+    return {k: v for k, v in child.items() if k not in ("metadata", "apiVersion", "kind")} | {
+        "metadata": {"labels": meta.get("labels", {}), "ownerReferences": meta.get("ownerReferences", [])}
+    }
+
+
+async def _create(client: KubeClient, child: Mapping[str, Any], uid: str) -> Mapping[str, Any] | None:
+    """Create the child; None when it was created now, the existing object when it was already ours."""
+    try:
+        await client.create(child)
+        return None
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+    meta = child["metadata"]
+    existing = await client.get(str(child["apiVersion"]), str(child["kind"]), meta["namespace"], meta["name"])
+    if existing is None:  # deleted in between: the next pass creates it
+        raise KubeError(409, f"{child['kind']} {meta['name']!r} is being deleted; creating it again")
+    if controller_uid(existing) != uid:
+        raise NameConflictError(str(child["kind"]), str(meta["name"]), _holder(existing))
+    return existing

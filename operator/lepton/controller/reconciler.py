@@ -1,0 +1,323 @@
+"""The generic reconciler every kind runs on: one loop per object that cannot die.
+
+A pass observes (the object as last seen, its owned children from kopf indexes, what it references),
+decides (the kind's pure `Binding.plan`), acts (children created, corrected or deleted — only owned
+ones), patches status only when it changed, posts the events the status change tells, deletes the
+object when its TTL ran out, and says when to look again.
+
+Any exception in a pass is logged with the object's key, counted in
+`lepton_reconcile_errors_total{kind,reason}` and retried with capped exponential backoff; an error the
+apiserver will repeat (a child it rejects, a name taken by someone else's object) or one that persists
+becomes `Stalled=True` with the cause in words. Only cancellation ends a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import kopf
+
+from lepton.api import KindInfo, Resource
+from lepton.api.common import CommonStatus
+from lepton.api.conditions import ConditionType, EventReason, Reason, get_condition, set_condition
+from lepton.api.constants import TERMINAL_PHASES, Phase
+from lepton.api.kinds import API_VERSION
+from lepton.api.validation import ManifestError, parse
+from lepton.controller.children import ChildRejectedError, NameConflictError, converge, owned
+from lepton.controller.events import EventRecorder
+from lepton.controller.kube import KubeClient, KubeError
+from lepton.controller.metrics import OperatorMetrics
+from lepton.controller.patching import status_patch
+from lepton.status.clock import rfc3339, ttl_remaining
+from lepton.status.events import common_events
+from lepton.status.lifecycle import invalid_spec, stalled
+from lepton.status.plan import ChildKey, EventNote, Observed, Plan
+from lepton.status.references import Resolution, references, resolve
+
+Key = tuple[str, str]  # (namespace, name)
+R = TypeVar("R", bound=Resource)
+log = logging.getLogger("lepton.reconciler")
+
+ERROR_BACKOFF = (1.0, 60.0)  # first retry after an error, cap
+STALL_AFTER = 5  # consecutive failed passes before the error is written into status
+IDLE_SECONDS = 300.0  # a quiet object is looked at this often anyway
+KERNEL_STALLS = (Reason.NAME_CONFLICT, Reason.CHILD_REJECTED, Reason.RECONCILE_ERROR)
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    """A kind of child the operator watches through an index (so a pass costs no API read)."""
+
+    api_version: str
+    kind: str
+    plural: str
+    pruned: bool = False  # owned children of this kind that the plan does not want are deleted
+
+
+class Binding(ABC, Generic[R]):
+    """What one kind adds to the skeleton: its children, its references, its pure plan."""
+
+    info: KindInfo
+    children: tuple[ChildKind, ...] = ()
+
+    async def prepare(self, client: KubeClient) -> None:
+        """Learn what the plan needs of the cluster (e.g. discovery), before each pass; cheap when known."""
+
+    def needs_references(self, resource: R, observed: Observed) -> bool:
+        """Whether to fetch referenced objects this pass (else the last resolution is reused)."""
+        return True
+
+    async def observe_extra(self, key: Key, body: Mapping[str, Any], observed: Observed) -> Any:
+        """Anything else a plan reads (e.g. a workload's progress report); must not raise on bad data."""
+        return None
+
+    @abstractmethod
+    def plan(self, resource: R, observed: Observed, resolution: Resolution, now: datetime, extra: Any) -> Plan:
+        """Pure: the status, the children, the events, and when to look again."""
+
+    def next_look(self, body: Mapping[str, Any]) -> tuple[float, bool]:
+        """(seconds until the next pass without any event, whether that pass runs even if nothing changed)."""
+        return IDLE_SECONDS, False
+
+    def forget(self, key: Key) -> None:
+        """Drop per-object caches."""
+
+
+@dataclass
+class _State:
+    body: Mapping[str, Any]
+    wake: asyncio.Event
+    task: asyncio.Task[None] | None = None
+    failures: int = 0
+    fingerprint: tuple[Any, ...] | None = None
+    resolution: Resolution | None = None
+    created: set[ChildKey] | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Reconciler(Generic[R]):
+    def __init__(
+        self, binding: Binding[R], client: KubeClient, metrics: OperatorMetrics, recorder: EventRecorder, *,
+        error_backoff: tuple[float, float] = ERROR_BACKOFF, stall_after: int = STALL_AFTER,
+    ) -> None:  # fmt: skip
+        self.binding, self.client, self.metrics, self.recorder = binding, client, metrics, recorder
+        self.kind = binding.info.kind
+        self.error_backoff, self.stall_after = error_backoff, stall_after
+        self.indexes: dict[str, kopf.Index[Key, dict[str, Any]]] = {}
+        self._states: dict[Key, _State] = {}
+
+    # --- the loops ----------------------------------------------------------------------------
+    def track(self, key: Key, body: Mapping[str, Any]) -> None:
+        """The object was seen (added or changed): remember it and wake (or start) its loop."""
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _State(body, asyncio.Event(), created=set())
+        state.body = body
+        state.wake.set()
+        if state.task is None or state.task.done():
+            state.task = asyncio.create_task(self._loop(key), name=f"{self.kind} {key[0]}/{key[1]}")
+            self.metrics.loops.labels(kind=self.kind).set(sum(1 for s in self._states.values() if s.task))
+
+    def poke(self, key: Key) -> None:
+        """A child changed: look again."""
+        state = self._states.get(key)
+        if state is not None:
+            state.wake.set()
+
+    async def forget(self, key: Key) -> None:
+        state = self._states.pop(key, None)
+        self.binding.forget(key)
+        self.recorder.forget(self.kind, *key)
+        self.metrics.observe_phase(self.kind, key[0], key[1], None)
+        self.metrics.loops.labels(kind=self.kind).set(len(self._states))
+        if state is not None and state.task is not None and state.task is not asyncio.current_task():
+            state.task.cancel()
+            await asyncio.gather(state.task, return_exceptions=True)
+
+    async def stop_all(self) -> None:
+        for key in list(self._states):
+            await self.forget(key)
+
+    async def _loop(self, key: Key) -> None:
+        while (state := self._states.get(key)) is not None:
+            state.wake.clear()
+            try:
+                wait = await self._pass(key, state)
+                state.failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a loop survives anything; the error is counted and retried
+                wait = await self._failed(key, state, exc)
+            if key not in self._states:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), timeout=max(wait, 0.0))
+
+    async def _failed(self, key: Key, state: _State, exc: Exception) -> float:
+        state.failures += 1
+        state.fingerprint = None  # whatever happened, the next pass runs in full
+        reason = f"http_{exc.status}" if isinstance(exc, KubeError) else type(exc).__name__
+        self.metrics.errors.labels(kind=self.kind, reason=reason).inc()
+        self.metrics.reconciles.labels(kind=self.kind, outcome="error").inc()
+        base, cap = self.error_backoff
+        wait = float(min(cap, base * 2 ** (state.failures - 1)))
+        log.warning("%s %s/%s: reconcile failed (%d in a row, retry in %.0fs): %s: %s", self.kind, *key,
+                    state.failures, wait, type(exc).__name__, exc, exc_info=not isinstance(exc, KubeError))  # fmt: skip
+        if state.failures >= self.stall_after:
+            with contextlib.suppress(Exception):  # the apiserver may be the very thing that is down
+                message = f"{state.failures} reconciles in a row failed; the last: {type(exc).__name__}: {exc}"
+                await self._write_stall(state.body, Reason.RECONCILE_ERROR, message[:1000])
+        return wait
+
+    # --- one pass -----------------------------------------------------------------------------
+    async def _pass(self, key: Key, state: _State) -> float:
+        body = state.body
+        observed = self._observe(key, body)
+        extra = await self.binding.observe_extra(key, body, observed)
+        every, force = self.binding.next_look(body)
+        fingerprint = (_meta(body).get("generation"), repr(body.get("status")), _children_fingerprint(observed),
+                       repr(extra))  # fmt: skip
+        if fingerprint == state.fingerprint and not force:
+            return every
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            requeue, outcome = await self._reconcile(state, body, observed, extra)
+        finally:
+            self.metrics.duration.labels(kind=self.kind).observe(time.perf_counter() - started)
+        self.metrics.reconciles.labels(kind=self.kind, outcome=outcome).inc()
+        state.fingerprint = fingerprint
+        return min(every, requeue) if requeue is not None else every
+
+    def _observe(self, key: Key, body: Mapping[str, Any]) -> Observed:
+        uid = str(_meta(body).get("uid") or "")
+        found: dict[str, list[Mapping[str, Any]]] = {}
+        for child in self.binding.children:
+            index = self.indexes.get(child.plural)
+            store: list[Mapping[str, Any]] = list(index.get(key, [])) if index is not None else []
+            found[child.kind] = owned(store, uid)
+        return Observed(found)
+
+    async def _reconcile(self, state: _State, body: Mapping[str, Any], observed: Observed,
+                         extra: Any) -> tuple[float | None, str]:  # fmt: skip
+        meta = _meta(body)
+        try:
+            resource = parse({k: body[k] for k in body})
+        except ManifestError as exc:
+            info = self.binding.info
+            previous = _previous_status(info.status, body)
+            new = invalid_spec(previous, int(meta.get("generation") or 0), "; ".join(exc.problems), _stamp())
+            await self._write_status(body, previous, new, common_events(previous, new))
+            return None, "invalid"
+        await self.binding.prepare(self.client)
+        resolution = await self._resolve(state, resource, observed)
+        plan: Plan = self.binding.plan(resource, observed, resolution, _now(), extra)  # type: ignore[arg-type]
+        status = plan.status
+        try:
+            pruned = [c.kind for c in self.binding.children if c.pruned]
+            await converge(self.client, str(meta.get("uid") or ""), plan, observed.children, pruned=pruned,
+                           created=state.created if state.created is not None else set())  # fmt: skip
+        except NameConflictError as exc:
+            status = _stalled(resource.status, int(meta.get("generation") or 0), Reason.NAME_CONFLICT, str(exc))
+        except ChildRejectedError as exc:
+            status = _stalled(resource.status, int(meta.get("generation") or 0), Reason.CHILD_REJECTED, str(exc))
+        else:
+            status = _recovered(status)
+        events = list(plan.events) if status is plan.status else common_events(resource.status, status)
+        await self._write_status(body, resource.status, status, events)
+        self.metrics.observe_phase(self.kind, str(meta.get("namespace")), str(meta.get("name")), status.phase)
+        return await self._ttl(body, resource, status, plan.requeue_after), "ok"
+
+    async def _resolve(self, state: _State, resource: Resource, observed: Observed) -> Resolution:
+        refs = references(resource)
+        if not refs:
+            return Resolution()
+        if (
+            state.resolution is not None
+            and state.resolution.ready
+            and not self.binding.needs_references(resource, observed)  # type: ignore[arg-type]
+        ):
+            return state.resolution
+        namespace = resource.metadata.namespace or ""
+        found = {(kind, name): await self.client.get(API_VERSION, kind, namespace, name) for kind, name in refs}
+        state.resolution = resolve(resource, found)
+        return state.resolution
+
+    async def _ttl(self, body: Mapping[str, Any], resource: Resource, status: CommonStatus,
+                   requeue: float | None) -> float | None:  # fmt: skip
+        ttl = getattr(resource.spec, "ttl_seconds_after_finished", None)
+        finished = getattr(status, "completion_time", None) if status.phase in TERMINAL_PHASES else None
+        remaining = ttl_remaining(ttl, finished, _now())
+        if remaining is None:
+            return requeue
+        if remaining > 0:
+            return min(requeue, remaining) if requeue is not None else remaining
+        meta = _meta(body)
+        log.info("%s %s/%s: ttlSecondsAfterFinished passed, deleting it", self.kind, meta["namespace"], meta["name"])
+        await self.recorder.post(body, [EventNote(EventReason.TTL_DELETED, f"Deleted {ttl}s after it finished")])
+        await self.client.delete(API_VERSION, self.kind, meta["namespace"], meta["name"])
+        return None
+
+    async def _write_status(self, body: Mapping[str, Any], old: CommonStatus, new: CommonStatus,
+                            events: list[EventNote]) -> None:  # fmt: skip
+        changes = status_patch(dict(body.get("status") or {}), new.to_wire())
+        if changes:
+            meta = _meta(body)
+            await self.client.patch_status(API_VERSION, self.kind, meta["namespace"], meta["name"], changes)
+        if events:
+            await self.recorder.post(body, events)
+
+    async def _write_stall(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        previous = _previous_status(self.binding.info.status, body)
+        new = _stalled(previous, int(_meta(body).get("generation") or 0), reason, message)
+        await self._write_status(body, previous, new, common_events(previous, new))
+
+
+def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = body.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _stamp() -> str:
+    return rfc3339(_now())
+
+
+def _previous_status(model: type[CommonStatus], body: Mapping[str, Any]) -> CommonStatus:
+    try:
+        return model.model_validate(dict(body.get("status") or {}))
+    except ValueError:  # a status the schema allowed but the model does not (an older operator wrote it)
+        return model()
+
+
+def _stalled(previous: CommonStatus, generation: int, reason: str, message: str) -> CommonStatus:
+    return stalled(previous, generation, reason, message, _stamp()).model_copy(update={"phase": Phase.STALLED})
+
+
+def _recovered(status: CommonStatus) -> CommonStatus:
+    """A stall the kernel wrote (a conflict, a rejected child, a persistent error) ends once a pass
+    goes through: a kind's plan need not know about it."""
+    cond = get_condition(status.conditions, ConditionType.STALLED)
+    if cond is None or cond.status != "True" or cond.reason not in KERNEL_STALLS:
+        return status
+    generation = status.observed_generation or 0
+    conds = set_condition(status.conditions, ConditionType.STALLED, "False", Reason.RECONCILED, "",
+                          observed_generation=generation, now=_stamp())  # fmt: skip
+    phase = Phase.PENDING if status.phase == Phase.STALLED else status.phase
+    return status.model_copy(update={"conditions": conds, "phase": phase})
+
+
+def _children_fingerprint(observed: Observed) -> tuple[tuple[str, str, str, str], ...]:
+    return tuple(sorted(
+        (kind, str(_meta(o).get("name")), str(_meta(o).get("resourceVersion")), str(_meta(o).get("deletionTimestamp")))
+        for kind, objs in observed.children.items() for o in objs
+    ))  # fmt: skip

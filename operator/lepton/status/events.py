@@ -1,0 +1,63 @@
+"""Events worth telling a user, read off the difference between the old and the new status (pure).
+
+Deriving events from status transitions, not from code paths, means a restarted operator tells each
+transition once (status is the memory), and every event is table-testable.
+"""
+
+from __future__ import annotations
+
+from lepton.api.common import CommonStatus
+from lepton.api.conditions import ConditionType, EventReason, get_condition, is_true
+from lepton.api.constants import Phase
+from lepton.api.trainingjob import TrainingJobStatus
+from lepton.status.plan import EventNote
+
+
+def _message(status: CommonStatus, type_: str) -> str:
+    cond = get_condition(status.conditions, type_)
+    return cond.message if cond is not None else ""
+
+
+def common_events(old: CommonStatus, new: CommonStatus) -> list[EventNote]:
+    """For every kind: a spec turned invalid, or the resource stalled (with the cause in words)."""
+    if new.phase == Phase.INVALID and old.phase != Phase.INVALID:
+        return [EventNote(EventReason.INVALID_SPEC, _message(new, ConditionType.STALLED), "Warning")]
+    if is_true(new.conditions, ConditionType.STALLED) and not is_true(old.conditions, ConditionType.STALLED):
+        cond = get_condition(new.conditions, ConditionType.STALLED)
+        reason = cond.reason if cond is not None else ""
+        return [EventNote(EventReason.STALLED, f"{reason}: {_message(new, ConditionType.STALLED)}", "Warning")]
+    return []
+
+
+def trainingjob_events(old: TrainingJobStatus, new: TrainingJobStatus) -> list[EventNote]:
+    notes = common_events(old, new)
+    seen = {(f.attempt, f.pod, f.pod_uid, f.time) for f in old.failures}
+    for f in new.failures:
+        if (f.attempt, f.pod, f.pod_uid, f.time) in seen:
+            continue
+        code = f" (exit code {f.exit_code})" if f.exit_code is not None else ""
+        detail = f": {f.message}" if f.message and f.message != f"exit code {f.exit_code}" else ""
+        notes.append(EventNote(EventReason.RANK_FAILED, f"{f.pod}: {f.reason}{code}{detail}", "Warning"))
+        if f.elastic:
+            notes.append(EventNote(EventReason.NODE_REPLACED, _message(new, ConditionType.READY)))
+    if new.restarts > old.restarts and new.phase == Phase.RESTARTING:
+        notes.append(EventNote(EventReason.GANG_RESTARTED, _message(new, ConditionType.READY), "Warning"))
+    if new.latest_checkpoint and new.latest_checkpoint != old.latest_checkpoint:
+        step = f" at step {new.progress.step}" if new.progress and new.progress.step is not None else ""
+        notes.append(EventNote(EventReason.CHECKPOINT_WRITTEN, f"{new.latest_checkpoint}{step}"))
+    was_suspended = is_true(old.conditions, ConditionType.SUSPENDED)
+    if was_suspended and not is_true(new.conditions, ConditionType.SUSPENDED):
+        notes.append(EventNote(EventReason.RESUMED, f"New gang (attempt {new.attempt}) from the latest checkpoint"))
+    if new.phase == old.phase:
+        return notes
+    if new.phase == Phase.STARTING:
+        notes.append(EventNote(EventReason.SCHEDULED, f"Gang attempt {new.attempt} scheduled; pods starting"))
+    elif new.phase == Phase.RUNNING:
+        notes.append(EventNote(EventReason.STARTED, f"{_message(new, ConditionType.READY)} (attempt {new.attempt})"))
+    elif new.phase == Phase.SUCCEEDED:
+        notes.append(EventNote(EventReason.SUCCEEDED, f"Training finished; model in {new.output_model}"))
+    elif new.phase == Phase.FAILED:
+        notes.append(EventNote(EventReason.FAILED, _message(new, ConditionType.FAILED), "Warning"))
+    elif new.phase == Phase.SUSPENDED:
+        notes.append(EventNote(EventReason.SUSPENDED, "Pods deleted; checkpoints kept"))
+    return notes
