@@ -1,0 +1,213 @@
+"""The kernel's pure pieces and the per-object loop: loops that survive any error, children matched by
+owner UID, drift seen only where the plan states something, events told once per transition."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import yaml
+
+from lepton.api import KINDS, TrainingJob
+from lepton.api.contract import ProgressReport
+from lepton.api.trainingjob import Failure, TrainingJobStatus
+from lepton.controller.children import controller_uid, drifted, owned
+from lepton.controller.events import BURST, EventRecorder
+from lepton.controller.kube import KubeClient
+from lepton.controller.metrics import OperatorMetrics
+from lepton.controller.reconciler import Binding, Reconciler
+from lepton.status.events import trainingjob_events
+from lepton.status.plan import EventNote, Observed, Plan
+from lepton.status.pods import PodView
+from lepton.status.references import Resolution
+from tests.conftest import EXAMPLES
+
+UID = "0f0f0f0f-1111-2222-3333-444444444444"
+
+
+def ref(uid: str, controller: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": "lepton.ai/v1alpha1",
+        "kind": "TrainingJob",
+        "name": "j",
+        "uid": uid,
+        "controller": controller,
+    }
+
+
+@pytest.mark.parametrize(
+    ("refs", "ours"),
+    [
+        ([ref(UID)], True),
+        ([ref("someone-else")], False),
+        ([ref(UID, controller=False)], False),  # an owner, but not the controller
+        ([], False),  # a user's object with the same labels
+        ([{"controller": True}], False),  # a malformed reference
+    ],
+)
+def test_children_are_ours_only_by_controller_uid(refs: list[dict[str, Any]], ours: bool) -> None:
+    obj = {"metadata": {"name": "j", "ownerReferences": refs}}
+    assert (owned([obj], UID) == [obj]) is ours
+    assert (controller_uid(obj) == UID) is ours
+
+
+@pytest.mark.parametrize(
+    ("desired", "actual", "expected"),
+    [
+        ({"spec": {"ports": [{"port": 1}]}}, {"spec": {"ports": [{"port": 1, "protocol": "TCP"}]}}, False),
+        ({"spec": {"ports": [{"port": 1}]}}, {"spec": {"ports": [{"port": 2}]}}, True),
+        ({"spec": {"ports": [{"port": 1}]}}, {"spec": {"ports": []}}, True),
+        ({"metadata": {"labels": {"a": "1"}}}, {"metadata": {"labels": {"a": "1", "b": "2"}}}, False),
+        ({"metadata": {"labels": {"a": "1"}}}, {"metadata": {"labels": {}}}, True),
+        ({"spec": {"clusterIP": "None"}}, {"spec": None}, True),
+    ],
+)
+def test_drift_is_what_the_plan_states_and_the_object_lacks(desired: Any, actual: Any, expected: bool) -> None:
+    assert drifted(desired, actual) is expected
+
+
+@pytest.mark.parametrize(
+    ("labels", "attempt", "index"),
+    [
+        ({"lepton.ai/attempt": "3", "lepton.ai/node-index": "1"}, 3, 1),
+        ({"lepton.ai/attempt": "three", "lepton.ai/node-index": "x"}, -1, 0),  # edited by hand: no crash
+        ({"lepton.ai/attempt": "99999999999999999999"}, -1, 0),
+        ({}, -1, 0),
+    ],
+)
+def test_pod_views_survive_odd_labels(labels: dict[str, str], attempt: int, index: int) -> None:
+    view = PodView.of({"metadata": {"name": "p", "labels": labels, "creationTimestamp": "not a time"},
+                       "status": {"containerStatuses": [{"state": {"terminated": {"exitCode": "x"}}}]}})  # fmt: skip
+    assert (view.attempt, view.index, view.exit_code) == (attempt, index, None)
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"step": 3, "totalSteps": 10, "loss": 1.5}, {"step": 3, "totalSteps": 10, "loss": 1.5}),
+        ({"step": 3, "loss": math.nan, "epoch": math.inf, "etaSeconds": -math.inf}, {"step": 3}),
+        ({"step": True, "totalSteps": "10", "samplesPerSecond": None}, {}),
+        ({"step": 1e300, "etaSeconds": -5, "checkpoint": ""}, {}),
+        ({"checkpoint": "/ckpt/step-3", "unknown": 1}, {"checkpoint": "/ckpt/step-3"}),
+        ([1, 2], {}),
+        ("Infinity", {}),
+    ],
+)
+def test_progress_reports_never_break_a_reconcile(doc: Any, expected: dict[str, Any]) -> None:
+    assert ProgressReport.parse(doc).to_wire() == expected
+
+
+def _status(**fields: Any) -> TrainingJobStatus:
+    return TrainingJobStatus.model_validate(fields)
+
+
+FAIL = {"attempt": 0, "pod": "j-0-1", "reason": "OOMKilled", "exitCode": 137, "time": "2026-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reasons"),
+    [
+        ({"phase": "Pending"}, {"phase": "Starting"}, ["Scheduled"]),
+        ({"phase": "Starting"}, {"phase": "Running"}, ["Started"]),
+        ({"phase": "Running"}, {"phase": "Running"}, []),
+        ({"phase": "Running"}, {"phase": "Restarting", "restarts": 1, "failures": [FAIL]},
+         ["RankFailed", "GangRestarted"]),
+        ({"phase": "Restarting", "restarts": 1, "failures": [FAIL]},
+         {"phase": "Restarting", "restarts": 1, "failures": [FAIL]}, []),  # told once
+        ({"phase": "Running"}, {"phase": "Running", "latestCheckpoint": "/c/step-10"}, ["CheckpointWritten"]),
+        ({"phase": "Running"}, {"phase": "Succeeded", "outputModel": "/m"}, ["Succeeded"]),
+        ({"phase": "Running"}, {"phase": "Failed"}, ["Failed"]),
+        ({"phase": "Running"}, {"phase": "Suspended"}, ["Suspended"]),
+        ({"phase": "Pending"}, {"phase": "Invalid"}, ["InvalidSpec"]),
+    ],
+)  # fmt: skip
+def test_events_are_told_once_per_transition(old: dict[str, Any], new: dict[str, Any], reasons: list[str]) -> None:
+    assert [e.reason for e in trainingjob_events(_status(**old), _status(**new))] == reasons
+
+
+def test_failure_event_names_pod_reason_and_exit_code() -> None:
+    (rank, _) = trainingjob_events(_status(phase="Running"), _status(phase="Restarting", restarts=1, failures=[FAIL]))
+    assert rank.type == "Warning" and rank.message == "j-0-1: OOMKilled (exit code 137)"
+    assert Failure.model_validate(FAIL).exit_code == 137
+
+
+def test_event_rate_limit_drops_repeats_and_floods() -> None:
+    clock = [0.0]
+    recorder = EventRecorder(KubeClient(), clock=lambda: clock[0])
+    key = ("TrainingJob", "ns", "j")
+    assert recorder._allow(key, EventNote("A", "same"))
+    assert not recorder._allow(key, EventNote("A", "same"))  # a repeat within the window
+    allowed = sum(recorder._allow(key, EventNote("B", str(i))) for i in range(100))
+    assert allowed == BURST - 1
+    clock[0] += 60  # tokens come back over time
+    assert recorder._allow(key, EventNote("B", "later"))
+
+
+# --- the loop -----------------------------------------------------------------------------------
+class Flaky(Binding[TrainingJob]):
+    """A binding whose passes raise each of the failures seen in the wild, then settle."""
+
+    info = KINDS["TrainingJob"]
+    failures: tuple[BaseException, ...] = (
+        OverflowError("cannot convert float infinity to integer"),
+        ValueError("invalid literal for int() with base 10: 'x'"),
+        ConnectionResetError("apiserver went away"),
+        KeyError("metadata"),
+        RuntimeError("anything at all"),
+    )
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def plan(self, resource: TrainingJob, observed: Observed, resolution: Resolution, now: datetime,
+             extra: Any) -> Plan:  # fmt: skip
+        self.calls += 1
+        if self.calls <= len(self.failures):
+            raise self.failures[self.calls - 1]
+        return Plan(status=resource.status)  # nothing to change: no API call
+
+    def next_look(self, body: Any) -> tuple[float, bool]:
+        return 0.01, True
+
+
+def test_a_loop_survives_every_failure_and_counts_it(trainingjob_body: dict[str, Any]) -> None:
+    async def run() -> tuple[Flaky, OperatorMetrics, bool]:
+        binding, metrics = Flaky(), OperatorMetrics()
+        client = KubeClient()
+        reconciler = Reconciler(binding, client, metrics, EventRecorder(client), error_backoff=(0.001, 0.01),
+                                stall_after=100)  # fmt: skip
+        binding._gang = True  # type: ignore[attr-defined]
+        reconciler.track(("ns", "j"), trainingjob_body)
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if binding.calls > len(binding.failures) + 2:
+                break
+        alive = not reconciler._states[("ns", "j")].task.done()  # type: ignore[union-attr]
+        await reconciler.stop_all()
+        return binding, metrics, alive
+
+    binding, metrics, alive = asyncio.run(run())
+    assert alive and binding.calls > len(binding.failures) + 2
+    counted = {s.labels["reason"]: s.value for m in metrics.errors.collect() for s in m.samples
+               if s.name.endswith("_total")}  # fmt: skip
+    assert counted == {"OverflowError": 1, "ValueError": 1, "ConnectionResetError": 1, "KeyError": 1,
+                       "RuntimeError": 1}  # fmt: skip
+
+
+@pytest.fixture
+def trainingjob_body() -> dict[str, Any]:
+    doc = yaml.safe_load((EXAMPLES / "quickstart" / "trainingjob.yaml").read_text())
+    doc["metadata"] |= {"namespace": "ns", "name": "j", "uid": UID, "generation": 1}
+    doc["status"] = TrainingJobStatus().to_wire()  # as written: a settled pass patches nothing
+    assert isinstance(TrainingJob.model_validate(doc), TrainingJob)
+    return doc
+
+
+def test_plan_wants_its_children_and_what_it_keeps() -> None:
+    plan = Plan(status=_status(), children=[{"kind": "Service", "metadata": {"name": "j"}}],
+                keep=frozenset({("Pod", "j-0-0")}))  # fmt: skip
+    assert plan.wanted() == {("Service", "j"), ("Pod", "j-0-0")}
+    assert datetime.now(UTC) > datetime(2026, 1, 1, tzinfo=UTC)
