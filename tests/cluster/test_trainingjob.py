@@ -21,7 +21,7 @@ def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
         "hyperparameters": {"maxSteps": 100},
         "nodes": 2,
         "gpusPerNode": 1,
-        "output": {"uri": "s3://models/out"},
+        "output": {"uri": "/models/out"},
     }
     body.update(spec)
     return {"apiVersion": "lepton.ai/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": body}
