@@ -2,17 +2,28 @@
 
 The operator (or a person with port-forward) reads progress from rank 0 over HTTP: training pods
 need no Kubernetes API access and no sidecar.
+
+When the operator started the pod, its environment holds the job's progress token
+(`lepton.api.tokens`): /progress then answers 401 to any request without `Authorization: Bearer
+<token>`. /metrics stays readable without it: Prometheus cannot hold a per-job token, and the job's
+NetworkPolicy already admits only the operator's and Prometheus's namespaces to this port. A local
+run has no token and serves both openly.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from lepton.api.tokens import AUTH_HEADER, PROGRESS_TOKEN_ENV, authorized
+
+GUARDED = frozenset({"/progress"})  # paths that need the job's token when one is set
 
 
 class Progress:
@@ -47,13 +58,22 @@ class Progress:
             elapsed = time.monotonic() - self._started
             self.state["etaSeconds"] = int(elapsed / max(step - self.state.get("startStep", 0), 1) * (total - step))
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, token: str | None = None) -> None:
+        """Serve /metrics and /progress on `port` (0: off). `token` defaults to the one the operator
+        put into the environment (PROGRESS_TOKEN_ENV); None or empty: no token is asked for."""
         if port <= 0:
             return
         progress = self
+        token = token or os.environ.get(PROGRESS_TOKEN_ENV) or None
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if token is not None and self.path in GUARDED and not authorized(self.headers.get(AUTH_HEADER), token):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer realm="lepton-progress"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path == "/metrics":
                     body, kind = generate_latest(progress.registry), CONTENT_TYPE_LATEST
                 elif self.path == "/progress":
