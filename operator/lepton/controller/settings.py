@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from lepton.render.networkpolicy import NetworkSettings
+
 ANNOTATION_PREFIX = "lepton.ai"
+MIN_PROGRESS_KEY = 32  # characters of LEPTON_PROGRESS_KEY; the chart generates 64
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+log = logging.getLogger(__name__)
 
 
 class SettingsError(ValueError):
@@ -24,10 +32,25 @@ class Settings:
     images: dict[str, str] = field(default_factory=dict)
     restart_backoff_seconds: float = 10.0  # first gang-restart delay; doubles per restart up to 5 min
     termination_grace_seconds: int = 60  # for training pods: time to flush the last checkpoint
+    # The key of every job's progress token (lepton.api.tokens). Generated when LEPTON_PROGRESS_KEY is
+    # unset: tokens then change on every restart, so running trainers answer the new operator 401 and
+    # their progress stops reaching status until they restart. The chart always sets a stable one.
+    progress_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    progress_key_generated: bool = True
+    operator_namespace: str | None = None  # where the operator runs (downward API); None: out of cluster
+    prometheus_namespace: str | None = None  # whose Prometheus may scrape the workloads' metrics ports
+    network_policies: bool = True  # a NetworkPolicy per job (needs operator_namespace)
 
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    def network(self) -> NetworkSettings | None:
+        """What each job's NetworkPolicy admits, or None when jobs get no policy: turned off, or an
+        operator outside the cluster (no namespace to admit; a policy would shut it out)."""
+        if not self.network_policies or self.operator_namespace is None:
+            return None
+        return NetworkSettings(self.operator_namespace, self.prometheus_namespace)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -57,7 +80,23 @@ class Settings:
         grace = env.get("LEPTON_TERMINATION_GRACE_SECONDS", "60")
         if not grace.isdigit():
             raise SettingsError(f"LEPTON_TERMINATION_GRACE_SECONDS must be a whole number of seconds, got {grace!r}")
+        key = env.get("LEPTON_PROGRESS_KEY", "")
+        if key and len(key) < MIN_PROGRESS_KEY:
+            raise SettingsError(f"LEPTON_PROGRESS_KEY must be at least {MIN_PROGRESS_KEY} characters long")
+        if not key:
+            log.warning(
+                "LEPTON_PROGRESS_KEY is not set: using a random key for this run; progress tokens change on "
+                "restart, and trainers started before it no longer report progress to this operator"
+            )
+        policies = env.get("LEPTON_NETWORK_POLICIES", "true").lower()
+        if policies not in ("true", "false"):
+            raise SettingsError(f"LEPTON_NETWORK_POLICIES must be true or false, got {policies!r}")
         return cls(
+            progress_key=key.encode() if key else secrets.token_bytes(32),
+            progress_key_generated=not key,
+            operator_namespace=_namespace(env, "LEPTON_OPERATOR_NAMESPACE"),
+            prometheus_namespace=_namespace(env, "LEPTON_PROMETHEUS_NAMESPACE"),
+            network_policies=policies == "true",
             restart_backoff_seconds=backoff,
             termination_grace_seconds=int(grace),
             namespaces=namespaces,
@@ -66,3 +105,10 @@ class Settings:
             log_level=level,
             images=images,
         )
+
+
+def _namespace(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    if value and not _DNS_LABEL.match(value):
+        raise SettingsError(f"{name} must be a namespace name (DNS-1123 label), got {value!r}")
+    return value or None
