@@ -50,6 +50,7 @@ ERROR_BACKOFF = (1.0, 60.0)  # first retry after an error, cap
 STALL_AFTER = 5  # consecutive failed passes before the error is written into status
 IDLE_SECONDS = 300.0  # a quiet object is looked at this often anyway
 KERNEL_STALLS = (Reason.NAME_CONFLICT, Reason.CHILD_REJECTED, Reason.RECONCILE_ERROR)
+STALL_RETRY = (5.0, 300.0)  # first look again after a kernel stall, cap
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class _State:
     wake: asyncio.Event
     task: asyncio.Task[None] | None = None
     failures: int = 0
+    stalls: int = 0  # passes in a row that ended in a stall the kernel wrote (NameConflict, ChildRejected)
     fingerprint: tuple[Any, ...] | None = None
     resolution: Resolution | None = None
     created: set[ChildKey] | None = None
@@ -196,7 +198,7 @@ class Reconciler(Generic[R]):
         finally:
             self.metrics.duration.labels(kind=self.kind).observe(time.perf_counter() - started)
         self.metrics.reconciles.labels(kind=self.kind, outcome=outcome).inc()
-        state.fingerprint = fingerprint
+        state.fingerprint = fingerprint if outcome != "stalled" else None  # a stall is looked at again in full
         return min(every, requeue) if requeue is not None else every
 
     def _observe(self, key: Key, body: Mapping[str, Any]) -> Observed:
@@ -227,15 +229,19 @@ class Reconciler(Generic[R]):
             pruned = [c.kind for c in self.binding.children if c.pruned]
             await converge(self.client, str(meta.get("uid") or ""), plan, observed.children, pruned=pruned,
                            created=state.created if state.created is not None else set())  # fmt: skip
-        except NameConflictError as exc:
-            status = _stalled(resource.status, int(meta.get("generation") or 0), Reason.NAME_CONFLICT, str(exc))
-        except ChildRejectedError as exc:
-            status = _stalled(resource.status, int(meta.get("generation") or 0), Reason.CHILD_REJECTED, str(exc))
+        except (NameConflictError, ChildRejectedError) as exc:
+            reason = Reason.NAME_CONFLICT if isinstance(exc, NameConflictError) else Reason.CHILD_REJECTED
+            status = _stalled(resource.status, int(meta.get("generation") or 0), reason, str(exc))
         else:
-            status = _recovered(status)
+            status, state.stalls = _recovered(status), 0
         events = list(plan.events) if status is plan.status else common_events(resource.status, status)
         await self._write_status(body, resource.status, status, events)
         self.metrics.observe_phase(self.kind, str(meta.get("namespace")), str(meta.get("name")), status.phase)
+        if status is not plan.status and _is_kernel_stall(status):
+            # What stalls it may go away without an event of ours (a user deletes the object holding the
+            # name, an admin creates a PriorityClass): look again, less and less often.
+            state.stalls += 1
+            return min(STALL_RETRY[1], STALL_RETRY[0] * 2 ** (state.stalls - 1)), "stalled"
         return await self._ttl(body, resource, status, plan.requeue_after), "ok"
 
     async def _resolve(self, state: _State, resource: Resource, observed: Observed) -> Resolution:
@@ -303,11 +309,15 @@ def _stalled(previous: CommonStatus, generation: int, reason: str, message: str)
     return stalled(previous, generation, reason, message, _stamp()).model_copy(update={"phase": Phase.STALLED})
 
 
+def _is_kernel_stall(status: CommonStatus) -> bool:
+    cond = get_condition(status.conditions, ConditionType.STALLED)
+    return cond is not None and cond.status == "True" and cond.reason in KERNEL_STALLS
+
+
 def _recovered(status: CommonStatus) -> CommonStatus:
     """A stall the kernel wrote (a conflict, a rejected child, a persistent error) ends once a pass
     goes through: a kind's plan need not know about it."""
-    cond = get_condition(status.conditions, ConditionType.STALLED)
-    if cond is None or cond.status != "True" or cond.reason not in KERNEL_STALLS:
+    if not _is_kernel_stall(status):
         return status
     generation = status.observed_generation or 0
     conds = set_condition(status.conditions, ConditionType.STALLED, "False", Reason.RECONCILED, "",
