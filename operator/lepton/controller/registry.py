@@ -40,7 +40,14 @@ def bindings(settings: Settings) -> list[Binding[Any]]:
         trainer_image=settings.images.get("trainer", RenderSettings.trainer_image),
         termination_grace_seconds=settings.termination_grace_seconds,
     )
-    built: list[Binding[Any]] = [TrainingJobBinding(render, backoff_base=settings.restart_backoff_seconds)]
+    built: list[Binding[Any]] = [
+        TrainingJobBinding(
+            render,
+            backoff_base=settings.restart_backoff_seconds,
+            progress_key=settings.progress_key,
+            network=settings.network(),
+        )
+    ]
     done = {b.info.kind for b in built}
     return built + [AwaitingBinding(info) for kind, info in KINDS.items() if kind not in done]
 

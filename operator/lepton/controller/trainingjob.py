@@ -11,9 +11,11 @@ from typing import Any
 from lepton.api import KINDS, TrainingJob
 from lepton.api.constants import Label, Phase
 from lepton.api.contract import METRICS_PORT, ProgressReport
+from lepton.api.tokens import PROGRESS_TOKEN_ENV, progress_token
 from lepton.controller.kube import KubeClient, KubeError
 from lepton.controller.progress import fetch_progress
 from lepton.controller.reconciler import IDLE_SECONDS, Binding, ChildKind, Key
+from lepton.render.networkpolicy import NetworkSettings, render_network_policy
 from lepton.render.trainingjob import RenderSettings, Resolved, render, render_service
 from lepton.status.events import trainingjob_events
 from lepton.status.plan import Observed, Plan
@@ -30,8 +32,10 @@ class TrainingJobBinding(Binding[TrainingJob]):
     info = KINDS["TrainingJob"]
     children = (ChildKind("v1", "Pod", "pods", pruned=True), ChildKind("v1", "Service", "services"))
 
-    def __init__(self, settings: RenderSettings, backoff_base: float) -> None:
+    def __init__(self, settings: RenderSettings, backoff_base: float, *, progress_key: bytes,
+                 network: NetworkSettings | None = None) -> None:  # fmt: skip
         self.settings, self.backoff_base = settings, backoff_base
+        self.progress_key, self.network = progress_key, network
         self._gang: bool | None = None
         self._progress: dict[Key, ProgressReport] = {}
         self._scraped: dict[Key, float] = {}
@@ -55,7 +59,8 @@ class TrainingJobBinding(Binding[TrainingJob]):
             ip = next((p.get("status", {}).get("podIP") for p in observed.of("Pod")
                        if p["metadata"].get("labels", {}).get(Label.NODE_INDEX) == "0"
                        and p["metadata"]["labels"].get(Label.ATTEMPT) == attempt), None)  # fmt: skip
-            report = await fetch_progress(f"http://{ip}:{METRICS_PORT}/progress") if ip else None
+            token = progress_token(self.progress_key, str(body.get("metadata", {}).get("uid") or "-"))
+            report = await fetch_progress(f"http://{ip}:{METRICS_PORT}/progress", token) if ip else None
             if report is not None:
                 self._progress[key] = ProgressReport.parse(report)
         return self._progress.get(key)
@@ -66,13 +71,17 @@ class TrainingJobBinding(Binding[TrainingJob]):
         decision = decide(resource, [PodView.of(p) for p in pods], now, backoff_base=self.backoff_base,
                           waiting_for=resolution.waiting, progress=extra)  # fmt: skip
         children = [render_service(resource)]
+        if self.network is not None:  # only the gang, the operator and Prometheus reach the pods
+            children.append(render_network_policy(resource, self.network))
         if decision.create:
             settings = RenderSettings(self.settings.trainer_image, bool(self._gang),
                                       self.settings.termination_grace_seconds)  # fmt: skip
-            resolved = Resolved(model_uri=resolution.uris.get("model"), data_uri=resolution.uris.get("data"),
-                                teacher_uri=resolution.uris.get("teacher"))  # fmt: skip
-            children = [c for c in render(resource, decision.attempt, settings, resolved)
-                        if c["kind"] != "Pod" or c["metadata"]["name"] in decision.keep]  # fmt: skip
+            token = progress_token(self.progress_key, resource.metadata.uid or "-")
+            uris = resolution.uris
+            resolved = Resolved(model_uri=uris.get("model"), data_uri=uris.get("data"),
+                                teacher_uri=uris.get("teacher"), extra_env={PROGRESS_TOKEN_ENV: token})  # fmt: skip
+            children += [c for c in render(resource, decision.attempt, settings, resolved)
+                         if c["kind"] == "PodGroup" or c["metadata"]["name"] in decision.keep]  # fmt: skip
         return Plan(
             status=decision.status,
             children=children,
