@@ -4,6 +4,7 @@ real control plane, and RBAC proven by running the operator AS the chart's Servi
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -13,14 +14,18 @@ from typing import Any
 import pytest
 import yaml
 
+from lepton.api.trainingjob import pod_name
 from lepton.cli.devcluster import DevCluster
-from tests.cluster.conftest import start_operator, stop_operator
-from tests.cluster.kube import Kube, eventually
+from tests.cluster.conftest import FAST, start_operator, stop_operator
+from tests.cluster.kube import Kube, KubectlError, eventually
+from tests.cluster.test_trainingjob import finish, live_pods, phase_is, status, trainingjob
 from tests.conftest import EXAMPLES, ROOT
 
 CHART = ROOT / "helm" / "lepton"
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("LEPTON_UPDATE_GOLDEN") == "1"
+# The chart generates the progress key at random (helm lookup keeps it afterwards): masked in goldens.
+RANDOM_KEY = re.compile(r"^(  LEPTON_PROGRESS_KEY: )[A-Za-z0-9+/=]+$", re.MULTILINE)
 
 
 def helm(cluster: DevCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -46,13 +51,16 @@ def test_helm_lint(dev_cluster: DevCluster) -> None:
     [
         ("default", []),
         ("namespaced", ["--set", "rbac.scope=namespaced", "--set", "watchNamespaces={team-a,team-b}"]),
-        ("servicemonitor", ["--set", "metrics.serviceMonitor.enabled=true", "--set", "workloadImages.trainer=t:1"]),
+        ("servicemonitor", ["--set", "metrics.serviceMonitor.enabled=true", "--set", "workloadImages.trainer=t:1",
+                            "--set", "networkPolicy.prometheusNamespace=monitoring"]),
     ],
-)
+)  # fmt: skip
 def test_helm_template_matches_golden(dev_cluster: DevCluster, golden: str, values: list[str]) -> None:
     rendered = helm(
         dev_cluster, "template", "lepton", str(CHART), "-n", "lepton-system", "--kube-version", "1.37.2", *values
     ).stdout
+    rendered, masked = RANDOM_KEY.subn(r"\1<random, 64 characters>", rendered)
+    assert masked == 1
     path = GOLDEN / f"helm-{golden}.yaml"
     if UPDATE:
         path.parent.mkdir(exist_ok=True)
@@ -67,11 +75,51 @@ def test_helm_template_matches_golden(dev_cluster: DevCluster, golden: str, valu
         (["--set", "metrics.port=80"], "minimum: got 80"),
         (["--set", "logLevel=LOUD"], "logLevel"),
         (["--set", "watchNamespaces={Bad_NS}"], "watchNamespaces"),
+        (["--set", "networkPolicy.prometheusNamespace=Mon_itoring"], "prometheusNamespace"),
+        (["--set", "networkPolicy.enabled=yes"], "/networkPolicy/enabled"),
     ],
 )
 def test_bad_values_are_rejected_with_a_reason(dev_cluster: DevCluster, values: list[str], error: str) -> None:
     proc = helm(dev_cluster, "template", "x", str(CHART), "--kube-version", "1.37.2", *values, check=False)
     assert proc.returncode != 0 and error in proc.stderr
+
+
+def _template(cluster: DevCluster, *values: str) -> list[dict[str, Any]]:
+    out = helm(cluster, "template", "x", str(CHART), "-n", "ops", "--kube-version", "1.37.2", *values).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_the_progress_key_reaches_the_operator_only_through_a_secret_key_ref(dev_cluster: DevCluster) -> None:
+    for values, secret in (([], "x-lepton-progress-key"), (["--set", "progressKey.existingSecret=mine"], "mine")):
+        docs = _template(dev_cluster, *values)
+        (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+        env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["LEPTON_PROGRESS_KEY"] == {
+            "name": "LEPTON_PROGRESS_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "LEPTON_PROGRESS_KEY"}}
+        }  # fmt: skip
+        assert env["LEPTON_OPERATOR_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        secrets = [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"]
+        assert secrets == ([] if values else [secret]), "an existing Secret is used, not replaced"
+
+
+def test_network_policies_can_be_turned_off_with_their_rbac(dev_cluster: DevCluster) -> None:
+    docs = _template(dev_cluster, "--set", "networkPolicy.enabled=false")
+    assert not [d for d in docs if d["kind"] == "NetworkPolicy"]
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert not [r for r in role["rules"] if "networkpolicies" in r["resources"]]
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LEPTON_NETWORK_POLICIES"] == "false"
+
+
+def test_the_operators_own_policy_admits_only_prometheus(dev_cluster: DevCluster) -> None:
+    for values, sources in (([], []), (["--set", "networkPolicy.prometheusNamespace=monitoring"], ["monitoring"])):
+        (policy,) = [d for d in _template(dev_cluster, *values) if d["kind"] == "NetworkPolicy"]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        admitted = [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    for rule in policy["spec"]["ingress"] for p in rule["from"]]  # fmt: skip
+        assert admitted == sources
+        assert all(rule["ports"] == [{"protocol": "TCP", "port": 8080}] for rule in policy["spec"]["ingress"])
 
 
 def test_chart_crds_are_the_generated_ones() -> None:
@@ -100,6 +148,16 @@ def release(dev_cluster: DevCluster, kube: Kube) -> Iterator[dict[str, str]]:
     kube.run("delete", "namespace", ns, "--wait=false", check=False)
 
 
+def test_the_progress_key_survives_an_upgrade(dev_cluster: DevCluster, kube: Kube, release: dict[str, str]) -> None:
+    secret = f"{release['release']}-progress-key"
+    before = kube.get("secret", secret, release["namespace"])["data"]["LEPTON_PROGRESS_KEY"]
+    assert len(before) >= 64  # base64 of 64 random characters
+    ns = release["namespace"]
+    helm(dev_cluster, "upgrade", release["release"], str(CHART), "-n", ns, "--wait", "--timeout", "120s")
+    after = kube.get("secret", secret, release["namespace"])["data"]["LEPTON_PROGRESS_KEY"]
+    assert after == before, "an upgrade must not change the key: running jobs' tokens would stop working"
+
+
 def test_helm_install_makes_the_operator_available(kube: Kube, release: dict[str, str]) -> None:
     deploy = kube.get("deployment", release["release"], release["namespace"])
     assert deploy["status"].get("availableReplicas") == 1
@@ -126,9 +184,43 @@ def _sa_kubeconfig(dev_cluster: DevCluster, kube: Kube, release: dict[str, str],
     return path
 
 
-def assert_operator_does_its_job_as(kubeconfig: Path, watch: str, namespace: str, kube: Kube, tmp: Path) -> None:
-    """Run the operator with exactly the chart's configuration and credentials; every kind gets status."""
-    op = start_operator(kubeconfig, tmp / "operator.log", watch)
+def take_a_job_through_its_life(kube: Kube, namespace: str) -> None:
+    """A TrainingJob with plain URIs (nothing to wait for): its pods and Service are created, a failed
+    rank restarts the gang (pods deleted and created again), and its TTL deletes it when done."""
+    kube.apply(trainingjob("rbac-job", nodes=2, gpusPerNode=1, backoffLimit=2, ttlSecondsAfterFinished=2), namespace)
+    eventually(lambda: phase_is(kube, namespace, "rbac-job", "Running"), timeout=90, what="Running")
+    assert kube.get("service", "rbac-job", namespace)["spec"]["clusterIP"] == "None"
+    first = {p["metadata"]["name"] for p in live_pods(kube, namespace)}
+    assert first == {pod_name("rbac-job", 0, i) for i in range(2)}
+    finish(kube, namespace, pod_name("rbac-job", 0, 1), "Failed")
+
+    def restarted() -> dict[str, Any] | None:
+        st = status(kube, namespace, "rbac-job")
+        names = {p["metadata"]["name"] for p in live_pods(kube, namespace)}
+        again = st.get("restarts") == 1 and st.get("phase") == "Running"
+        return st if again and names == {pod_name("rbac-job", 1, i) for i in range(2)} else None
+
+    eventually(restarted, timeout=150, what="the gang restarted: old pods deleted, new ones Running")
+    for i in range(2):
+        finish(kube, namespace, pod_name("rbac-job", 1, i), "Succeeded")
+    eventually(lambda: phase_is(kube, namespace, "rbac-job", "Succeeded"), timeout=90, what="Succeeded")
+
+    def deleted() -> bool:
+        try:
+            kube.get("trainingjob", "rbac-job", namespace)
+        except KubectlError as err:
+            return "NotFound" in err.stderr
+        return False
+
+    eventually(deleted, timeout=60, what="the finished job deleted by its TTL")
+
+
+def assert_operator_does_its_job_as(kubeconfig: Path, watch: str, namespace: str, kube: Kube, tmp: Path,
+                                    operator_namespace: str) -> None:  # fmt: skip
+    """Run the operator with the chart's configuration and credentials (only its timings shortened):
+    every kind gets status, and a TrainingJob lives its whole life."""
+    env = {**FAST, "LEPTON_OPERATOR_NAMESPACE": operator_namespace, "LEPTON_NETWORK_POLICIES": "true"}
+    op = start_operator(kubeconfig, tmp / "operator.log", watch, env)
     try:
         examples = sorted(EXAMPLES.glob("*.yaml"))
         for path in examples:
@@ -145,10 +237,12 @@ def assert_operator_does_its_job_as(kubeconfig: Path, watch: str, namespace: str
 
         eventually(all_observed, timeout=60, what="status on all four kinds, written as the ServiceAccount")
         assert 'outcome="ok"' in op.metrics()
+        take_a_job_through_its_life(kube, namespace)
     finally:
         stop_operator(op)
     log = (tmp / "operator.log").read_text()
-    assert "Forbidden" not in log and "403" not in log, log[-3000:]
+    # 403 as a status code, not as the milliseconds of a log line's time stamp (",403").
+    assert "Forbidden" not in log and not re.search(r"(?<![\d,.])403(?!\d)", log), log[-3000:]
 
 
 def test_operator_does_its_whole_job_as_the_charts_service_account(
@@ -157,7 +251,8 @@ def test_operator_does_its_whole_job_as_the_charts_service_account(
     kubeconfig = _sa_kubeconfig(dev_cluster, kube, release, tmp_path / "sa.kubeconfig")
     ns = _restricted_namespace(kube, "lepton-rbac")
     try:
-        assert_operator_does_its_job_as(kubeconfig, "", ns, kube, tmp_path)  # cluster-wide, as the chart sets it
+        # cluster-wide, as the chart sets it
+        assert_operator_does_its_job_as(kubeconfig, "", ns, kube, tmp_path, release["namespace"])
     finally:
         kube.run("delete", "namespace", ns, "--wait=false", check=False)
 
@@ -176,6 +271,10 @@ def test_operator_does_its_whole_job_as_the_charts_service_account(
         ("create", "pods", True),
         ("delete", "pods", True),
         ("create", "podgroups.scheduling.k8s.io", True),
+        ("create", "networkpolicies.networking.k8s.io", True),  # one per TrainingJob
+        ("patch", "networkpolicies.networking.k8s.io", True),
+        ("delete", "networkpolicies.networking.k8s.io", True),
+        ("update", "networkpolicies.networking.k8s.io", False),
         ("delete", "services", False),
         ("get", "secrets", False),
         ("list", "configmaps", False),
@@ -233,7 +332,7 @@ def test_namespaced_mode_confines_the_operator(dev_cluster: DevCluster, kube: Ku
         assert {"name": "LEPTON_WATCH_NAMESPACES", "value": team_a} in env
         release = {"namespace": ns, "release": name, "sa": name}
         kubeconfig = _sa_kubeconfig(dev_cluster, kube, release, tmp_path / "sa.kubeconfig")
-        assert_operator_does_its_job_as(kubeconfig, team_a, team_a, kube, tmp_path)
+        assert_operator_does_its_job_as(kubeconfig, team_a, team_a, kube, tmp_path, ns)
     finally:
         helm(dev_cluster, "uninstall", name, "-n", ns, "--wait", check=False)
         for n in (ns, team_a, team_b):

@@ -15,6 +15,10 @@ app.kubernetes.io/name: lepton-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{- define "lepton.progressKeySecret" -}}
+{{- default (printf "%s-progress-key" (include "lepton.fullname" .)) .Values.progressKey.existingSecret -}}
+{{- end -}}
+
 {{- define "lepton.labels" -}}
 {{ include "lepton.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -24,7 +28,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{/* Lepton's own resources (read, patch kopf's annotations and status; delete finished jobs after
-their TTL) and the children it creates: training pods, their headless Services and gang PodGroups. */}}
+their TTL) and the children it creates: training pods, their headless Services, gang PodGroups and,
+with networkPolicy.enabled, each job's NetworkPolicy. */}}
 {{- define "lepton.ownRules" -}}
 - apiGroups: ["lepton.ai"]
   resources: [datasets, trainingjobs, tuningstudies, inferenceservices]
@@ -41,6 +46,11 @@ their TTL) and the children it creates: training pods, their headless Services a
 - apiGroups: ["scheduling.k8s.io"]
   resources: [podgroups]
   verbs: [get, create, patch, delete]
+{{- if .Values.networkPolicy.enabled }}
+- apiGroups: ["networking.k8s.io"]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
+{{- end }}
 - apiGroups: ["lepton.ai"]
   resources: [datasets/status, trainingjobs/status, tuningstudies/status, inferenceservices/status]
   verbs: [get, patch]
