@@ -98,6 +98,7 @@ class _State:
     wake: asyncio.Event
     task: asyncio.Task[None] | None = None
     failures: int = 0
+    due: float | None = None  # monotonic time a plan asked to be looked at again (backoff, deadline, TTL)
     stalls: int = 0  # passes in a row that ended in a stall the kernel wrote (NameConflict, ChildRejected)
     fingerprint: tuple[Any, ...] | None = None
     resolution: Resolution | None = None
@@ -190,8 +191,9 @@ class Reconciler(Generic[R]):
         every, force = self.binding.next_look(body)
         fingerprint = (_meta(body).get("generation"), repr(body.get("status")), _children_fingerprint(observed),
                        repr(extra))  # fmt: skip
-        if fingerprint == state.fingerprint and not force:
-            return every
+        due = state.due is not None and time.monotonic() >= state.due - 0.05
+        if fingerprint == state.fingerprint and not force and not due:
+            return every if state.due is None else min(every, state.due - time.monotonic())
         started, outcome = time.perf_counter(), "ok"
         try:
             requeue, outcome = await self._reconcile(state, body, observed, extra)
@@ -199,6 +201,7 @@ class Reconciler(Generic[R]):
             self.metrics.duration.labels(kind=self.kind).observe(time.perf_counter() - started)
         self.metrics.reconciles.labels(kind=self.kind, outcome=outcome).inc()
         state.fingerprint = fingerprint if outcome != "stalled" else None  # a stall is looked at again in full
+        state.due = time.monotonic() + requeue if requeue is not None else None
         return min(every, requeue) if requeue is not None else every
 
     def _observe(self, key: Key, body: Mapping[str, Any]) -> Observed:
