@@ -211,3 +211,27 @@ def test_plan_wants_its_children_and_what_it_keeps() -> None:
                 keep=frozenset({("Pod", "j-0-0")}))  # fmt: skip
     assert plan.wanted() == {("Service", "j"), ("Pod", "j-0-0")}
     assert datetime.now(UTC) > datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_operator_settings_reach_the_rendered_pods() -> None:
+    from lepton.controller.registry import bindings
+    from lepton.controller.settings import Settings
+    from lepton.controller.trainingjob import TrainingJobBinding
+
+    built = bindings(Settings(termination_grace_seconds=7, images={"trainer": "registry.example/trainer:1"}))
+    (tj,) = [b for b in built if isinstance(b, TrainingJobBinding)]
+    assert (tj.settings.termination_grace_seconds, tj.settings.trainer_image) == (7, "registry.example/trainer:1")
+    assert {b.info.kind for b in built} == set(KINDS), "every kind runs on the skeleton"
+
+
+def test_a_failed_discovery_is_asked_again_not_taken_as_no() -> None:
+    from lepton.controller.registry import bindings
+    from lepton.controller.settings import Settings
+    from lepton.controller.trainingjob import TrainingJobBinding
+
+    (tj,) = [b for b in bindings(Settings()) if isinstance(b, TrainingJobBinding)]
+    client = KubeClient()  # not logged in: every request fails like an unreachable apiserver
+    for _ in range(2):
+        with pytest.raises(Exception, match="discovery"):
+            asyncio.run(tj.prepare(client))
+        assert tj._gang is None
