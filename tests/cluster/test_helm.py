@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from lepton.api.constants import Label
 from lepton.api.trainingjob import pod_name
 from lepton.cli.devcluster import DevCluster
 from tests.cluster.conftest import FAST, start_operator, stop_operator
@@ -190,6 +191,8 @@ def take_a_job_through_its_life(kube: Kube, namespace: str) -> None:
     kube.apply(trainingjob("rbac-job", nodes=2, gpusPerNode=1, backoffLimit=2, ttlSecondsAfterFinished=2), namespace)
     eventually(lambda: phase_is(kube, namespace, "rbac-job", "Running"), timeout=90, what="Running")
     assert kube.get("service", "rbac-job", namespace)["spec"]["clusterIP"] == "None"
+    policy = kube.get("networkpolicy", "rbac-job", namespace)  # the operator knows its namespace here
+    assert policy["spec"]["podSelector"]["matchLabels"] == {Label.KIND: "TrainingJob", Label.NAME: "rbac-job"}
     first = {p["metadata"]["name"] for p in live_pods(kube, namespace)}
     assert first == {pod_name("rbac-job", 0, i) for i in range(2)}
     finish(kube, namespace, pod_name("rbac-job", 0, 1), "Failed")
@@ -275,6 +278,7 @@ def test_operator_does_its_whole_job_as_the_charts_service_account(
         ("patch", "networkpolicies.networking.k8s.io", True),
         ("delete", "networkpolicies.networking.k8s.io", True),
         ("update", "networkpolicies.networking.k8s.io", False),
+        ("list", "networkpolicies.networking.k8s.io", False),  # created and read back by name, never listed
         ("delete", "services", False),
         ("get", "secrets", False),
         ("list", "configmaps", False),

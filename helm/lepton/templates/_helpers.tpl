@@ -49,7 +49,7 @@ with networkPolicy.enabled, each job's NetworkPolicy. */}}
 {{- if .Values.networkPolicy.enabled }}
 - apiGroups: ["networking.k8s.io"]
   resources: [networkpolicies]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 {{- end }}
 - apiGroups: ["lepton.ai"]
   resources: [datasets/status, trainingjobs/status, tuningstudies/status, inferenceservices/status]
