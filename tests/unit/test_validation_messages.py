@@ -27,7 +27,10 @@ def broken(**spec: Any) -> dict[str, Any]:
             broken(nodes=0),
             "spec.nodes: Invalid value: 0: spec.nodes in body should be greater than or equal to 1",
         ),
-        (broken(nodes="two"), 'spec.nodes: Invalid value: "two": spec.nodes in body must be of type integer'),
+        (
+            broken(nodes="two"),
+            'spec.nodes: Invalid value: "string": spec.nodes in body must be of type integer: "string"',
+        ),
         (broken(gpusPerNode=65), "spec.gpusPerNode in body should be less than or equal to 64"),
         (
             broken(task="translation"),
@@ -37,7 +40,10 @@ def broken(**spec: Any) -> dict[str, Any]:
         (broken(model={"uri": ""}), "spec.model.uri in body should be at least 1 chars long"),
         ({**BASE, "apiVersion": "lepton.ai/v1"}, 'apiVersion: Unsupported value: "lepton.ai/v1"'),
         ({**BASE, "kind": "TrainJob"}, 'kind: Unsupported value: "TrainJob"'),
-        ({**BASE, "metadata": {"name": "Bad_Name"}}, "metadata.name in body should match"),
+        (
+            {**BASE, "metadata": {"name": "Bad_Name"}},
+            'metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain must consist of',
+        ),
     ],
     ids=["minimum", "type", "maximum", "enum", "unknown-field", "min-length", "api-version", "kind", "name"],
 )

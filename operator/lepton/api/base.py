@@ -8,16 +8,78 @@ object (`oldSelf`), exist only on the apiserver: a manifest on its own has no ol
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, GetJsonSchemaHandler, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, PydanticCustomError
 
 RULE_SEPARATOR = "\n"  # between the messages of several broken rules of one object
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MAX = 2**31 - 1  # the bound of counts and seconds that have no natural one
+UINT32_MAX = 2**32 - 1  # seeds (numpy's limit)
+
+
+def wire_int(value: float) -> int | None:
+    """The integer an integral float becomes on its way to the apiserver, or None if it stays a float.
+
+    kubectl (and every Go client) turns YAML into JSON with json.Marshal, which writes 2.0 as `2` but
+    1e21 as `1e+21`; the apiserver then reads a number that fits int64 as an integer."""
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e21 and INT64_MIN <= value <= INT64_MAX:
+        return int(value)
+    return None
+
+
+def json_type(value: Any) -> str:
+    """The JSON type the apiserver sees for a value read from YAML (its words in type errors)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer" if INT64_MIN <= value <= INT64_MAX else "number"
+    if isinstance(value, float):
+        return "integer" if wire_int(value) is not None else "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
+
+
+def type_error(expected: str, value: Any) -> PydanticCustomError:
+    """A JSON type mismatch, worded by lepton.api.validation as the apiserver words it."""
+    return PydanticCustomError(
+        "json_type", "must be of type {expected}", {"expected": expected, "actual": json_type(value)}
+    )
+
+
+def _integer(value: Any) -> Any:
+    """An integer as the apiserver accepts one: no bools, no strings, no fractions, within int64;
+    an integral float (2.0) counts, because a Go client sends it as 2."""
+    if json_type(value) != "integer":
+        raise type_error("integer", value)
+    return value if isinstance(value, int) else wire_int(value)
+
+
+# An integer field of a spec: declare it `Int` and give it `le=`, so the CRD states its maximum.
+Int = Annotated[int, BeforeValidator(_integer)]
+
+
+def full_match(pattern: str) -> re.Pattern[str]:
+    """A '^…$' schema pattern as a Python regex with RE2's meaning: Python's `$` also matches before
+    a final newline, RE2's does not, so the anchors are dropped and `fullmatch` used instead."""
+    if not (pattern.startswith("^") and pattern.endswith("$")):
+        raise ValueError(f"pattern {pattern!r} is not anchored at both ends")
+    return re.compile(pattern[1:-1])
 
 
 @dataclass(frozen=True)
@@ -84,19 +146,45 @@ def ordered(low: str, high: str, where: str) -> Rule:
     )
 
 
+_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def local_uri(where: str) -> Rule:
+    """`uri`, when set, is a local path or a file:// URI: object stores arrive with the Dataset issue."""
+    return Rule(
+        cel="!has(self.uri) || !self.uri.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://') || self.uri.startsWith('file://')",
+        message=f"{where}: s3:// and gs:// URIs are not supported yet: use a PVC or a local path",
+        check=lambda m: m.uri is None or not _SCHEME.match(m.uri) or m.uri.startswith("file://"),
+    )
+
+
+def not_supported(field: str, where: str, instead: str) -> Rule:
+    """A documented field that does nothing yet: rejected when set, with what to do instead."""
+    return Rule(
+        cel=f"!has(self.{field})",
+        message=f"{where}: {field} is not supported yet: {instead}",
+        check=lambda m: getattr(m, _snake(field)) is None,
+    )
+
+
 def _snake(camel: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
 
 
 class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are errors, as on the apiserver."""
+    """camelCase on the wire, snake_case in Python; unknown fields are errors, as on the apiserver.
+
+    Code builds models by field name; manifests are parsed by `lepton.api.validation.parse`, which
+    accepts the camelCase names only and no coercion (`nodes: "2"` is an error, as on the apiserver)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
-        populate_by_name=True,
+        validate_by_name=True,
+        validate_by_alias=True,
         extra="forbid",
         validate_default=False,
         use_enum_values=True,
+        allow_inf_nan=False,
     )
 
     rules: ClassVar[tuple[Rule, ...]] = ()

@@ -3,20 +3,52 @@ job lifecycle and the status fields every kind has."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
-from lepton.api.base import ApiModel, exactly_one
+from lepton.api.base import (
+    INT32_MAX,
+    ApiModel,
+    Int,
+    exactly_one,
+    full_match,
+    json_type,
+    local_uri,
+    not_supported,
+    type_error,
+)
 from lepton.api.conditions import Condition
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-# A Kubernetes quantity ("500m", "4Gi", "1e3"); ints are accepted too (int-or-string).
-QUANTITY = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$"
+# A non-negative Kubernetes quantity ("500m", "4Gi", "1e3"), as a string; ints are accepted too
+# (int-or-string), from 0. [0-9], not \d: RE2 and Rust read \d differently outside ASCII.
+QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$"
+_QUANTITY = full_match(QUANTITY)
 
-Quantity = int | str
+
+def _quantity(value: Any) -> int | str:
+    kind = json_type(value)
+    if kind == "string":
+        if not _QUANTITY.fullmatch(value):
+            raise PydanticCustomError("string_pattern_mismatch", "should match {pattern}", {"pattern": QUANTITY})
+        return str(value)
+    if kind == "integer":
+        number = int(value)
+        if number < 0:
+            raise PydanticCustomError("greater_than_equal", "should be greater than or equal to {ge}", {"ge": 0})
+        return number
+    raise type_error("integer,string", value)
+
+
+Quantity = Annotated[
+    int | str,
+    BeforeValidator(_quantity),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY, "minimum": 0}),
+]
 
 
 class LocalObjectReference(ApiModel):
@@ -35,7 +67,7 @@ class SecretKeyRef(ApiModel):
 class PvcPath(ApiModel):
     """A path inside a PersistentVolumeClaim in the same namespace."""
 
-    claim_name: str = Field(description="Name of the PersistentVolumeClaim.", pattern=DNS_SUBDOMAIN)
+    claim_name: str = Field(description="Name of the PersistentVolumeClaim.", max_length=253, pattern=DNS_SUBDOMAIN)
     path: str = Field(default="", description="Path inside the volume; empty means its root.", max_length=1024)
     read_only: bool | None = Field(default=None, description="Mount read-only. Defaults per use.")
 
@@ -49,14 +81,18 @@ class DatasetRef(ApiModel):
         description="Content-hash version to use; empty means the Dataset's current version at start.",
         max_length=128,
     )
-    split: str = Field(default="train", description="Which split to read (train, validation, test).")
+    split: Literal["train", "validation", "test"] = Field(default="train", description="Which split to read.")
 
 
 class HubModel(ApiModel):
-    """A model from a model hub, fetched by the workload at start."""
+    """A model from a model hub, fetched by the workload at start (the hub's default revision)."""
+
+    rules = (not_supported("revision", "hub", "the hub's default revision is used; to pin one, copy it to a PVC"),)
 
     id: str = Field(description="Repository id on the hub, e.g. 'org/model-name'.", min_length=1, max_length=256)
-    revision: str | None = Field(default=None, description="Branch, tag or commit; default: the hub's main.")
+    revision: str | None = Field(
+        default=None, description="Not supported yet (rejected when set): the hub's default revision is used."
+    )
     token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding an access token for gated or private models."
     )
@@ -66,12 +102,15 @@ class ModelSource(ApiModel):
     """Where a model comes from: exactly one of a hub id, a URI, a PVC path, or the output of another
     resource (a TrainingJob's final model, a TuningStudy's best trial)."""
 
-    rules = (exactly_one("hub", "uri", "pvc", "trainingJob", "tuningStudy", where="model source"),)
+    rules = (
+        exactly_one("hub", "uri", "pvc", "trainingJob", "tuningStudy", where="model source"),
+        local_uri("model source"),
+    )
 
     hub: HubModel | None = Field(default=None, description="A model on a model hub.")
     uri: str | None = Field(
         default=None,
-        description="A model directory: a local path (local backend), file://, s3:// or gs:// URI.",
+        description="A model directory: a local path or file:// URI (s3:// and gs:// are not supported yet).",
         min_length=1,
         max_length=2048,
     )
@@ -85,19 +124,23 @@ class ModelSource(ApiModel):
 
 
 class StorageLocation(ApiModel):
-    """Where outputs are written: exactly one of a PVC path or an object-store URI."""
+    """Where outputs are written: exactly one of a PVC path or a local path."""
 
-    rules = (exactly_one("pvc", "uri", where="storage location"),)
+    rules = (
+        exactly_one("pvc", "uri", where="storage location"),
+        local_uri("storage location"),
+        not_supported("credentialsSecretRef", "storage location", "object-store credentials arrive with object stores"),
+    )
 
     pvc: PvcPath | None = Field(default=None, description="A directory inside a PersistentVolumeClaim.")
     uri: str | None = Field(
         default=None,
-        description="A local path (local backend) or s3:// / gs:// URI prefix.",
+        description="A local path or file:// URI (s3:// and gs:// are not supported yet).",
         min_length=1,
         max_length=2048,
     )
     credentials_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key with object-store credentials, mounted as a file, never logged."
+        default=None, description="Not supported yet (rejected when set): object-store credentials."
     )
 
 
@@ -119,7 +162,7 @@ class Resources(ApiModel):
     """Compute resources per pod, as in corev1.ResourceRequirements (GPUs are set by their own field)."""
 
     requests: dict[str, Quantity] = Field(
-        default_factory=dict, description="Minimum resources, e.g. {cpu: '4', memory: 32Gi}."
+        default_factory=dict, description="Minimum resources, e.g. {cpu: '4', memory: 32Gi} (quantities, from 0)."
     )
     limits: dict[str, Quantity] = Field(
         default_factory=dict, description="Maximum resources, e.g. {memory: 64Gi}. Limits ≥ requests."
@@ -135,7 +178,9 @@ class Toleration(ApiModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
-    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay bound.")
+    toleration_seconds: Int | None = Field(
+        default=None, le=INT32_MAX, description="For NoExecute: how long to stay bound."
+    )
 
 
 class Scheduling(ApiModel):
@@ -147,7 +192,9 @@ class Scheduling(ApiModel):
         max_length=63,
         pattern=DNS_LABEL,
     )
-    priority_class_name: str | None = Field(default=None, description="PriorityClass of the pods.")
+    priority_class_name: str | None = Field(
+        default=None, description="PriorityClass of the pods.", max_length=253, pattern=DNS_SUBDOMAIN
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods require.")
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Extra tolerations; the GPU toleration is added automatically."
@@ -161,24 +208,29 @@ class JobLifecycle(ApiModel):
         default=False,
         description="Stop the pods but keep the resource and its checkpoints; false again resumes.",
     )
-    active_deadline_seconds: int | None = Field(
+    active_deadline_seconds: Int | None = Field(
         default=None,
         ge=1,
+        le=INT32_MAX,
         description="Fail with DeadlineExceeded when running longer than this (suspended time excluded).",
     )
-    ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the resource this many seconds after it succeeds or fails."
+    ttl_seconds_after_finished: Int | None = Field(
+        default=None,
+        ge=0,
+        le=INT32_MAX,
+        description="Delete the resource this many seconds after it succeeds or fails.",
     )
-    backoff_limit: int = Field(
+    backoff_limit: Int = Field(
         default=3,
         ge=0,
         le=100,
         description="Recoveries allowed after failures before the job fails (gang restarts, and pods an elastic "
         "job replaces).",
     )
-    startup_deadline_seconds: int | None = Field(
+    startup_deadline_seconds: Int | None = Field(
         default=None,
         ge=1,
+        le=INT32_MAX,
         description="Fail when pods are not all running this long after creation (e.g. unschedulable).",
     )
 

@@ -48,6 +48,8 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 def structural(node: dict[str, Any], defs: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Translate one pydantic JSON-schema node (and its children) into a structural schema node."""
     node = _resolve(node, defs)
+    if node.get("x-kubernetes-int-or-string"):  # e.g. a quantity: its pattern checks strings, minimum ints
+        return {"x-kubernetes-int-or-string": True, **{k: node[k] for k in _KEEP if k in node}}
     if "anyOf" in node:
         options = [_resolve(o, defs) for o in node["anyOf"] if o.get("type") != "null"]
         outer = {k: v for k, v in node.items() if k != "anyOf"}
@@ -61,6 +63,15 @@ def structural(node: dict[str, Any], defs: dict[str, Any], where: str = "") -> d
         return structural({**options[0], **outer}, defs, where)
 
     out = {}
+    # Pydantic writes the bounds of an Optional[Annotated[int, …]] under their Python names.
+    for python, json_name in (
+        ("ge", "minimum"),
+        ("le", "maximum"),
+        ("gt", "exclusiveMinimum"),
+        ("lt", "exclusiveMaximum"),
+    ):
+        if python in node:
+            node = {**{k: v for k, v in node.items() if k != python}, json_name: node[python]}
     if "const" in node:
         node = {**node, "enum": [node["const"]]}
     kind = node.get("type")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lepton.api.base import ApiModel, Rule, exactly_one, ordered
+from lepton.api.base import INT32_MAX, UINT32_MAX, ApiModel, Int, Rule, exactly_one, local_uri, ordered
 from lepton.api.common import (
     CommonStatus,
     ModelSource,
@@ -39,12 +39,17 @@ class S3Source(ApiModel):
 class DataSource(ApiModel):
     """One input of the pipeline."""
 
-    rules = (exactly_one("http", "s3", "pvc", "uri", where="source"),)
+    rules = (exactly_one("http", "s3", "pvc", "uri", where="source"), local_uri("source"))
 
     http: HttpSource | None = Field(default=None, description="Download over HTTP(S).")
     s3: S3Source | None = Field(default=None, description="Read from an S3-compatible object store.")
     pvc: PvcPath | None = Field(default=None, description="Read from a PersistentVolumeClaim.")
-    uri: str | None = Field(default=None, description="A local path (local backend) or file:// URI.", min_length=1)
+    uri: str | None = Field(
+        default=None,
+        description="A local path or file:// URI (for object stores use s3).",
+        min_length=1,
+        max_length=2048,
+    )
     format: Literal["auto", "jsonl", "csv", "parquet", "text"] = Field(
         default="auto", description="Input format; auto guesses from the extension."
     )
@@ -56,8 +61,8 @@ class CleanStep(ApiModel):
     normalize_unicode: bool = Field(default=True, description="NFKC-normalise text.")
     collapse_whitespace: bool = Field(default=True, description="Collapse runs of whitespace.")
     drop_empty: bool = Field(default=True, description="Drop rows whose text is empty.")
-    min_chars: int | None = Field(default=None, ge=0, description="Drop rows shorter than this.")
-    max_chars: int | None = Field(default=None, ge=1, description="Drop rows longer than this.")
+    min_chars: Int | None = Field(default=None, ge=0, le=INT32_MAX, description="Drop rows shorter than this.")
+    max_chars: Int | None = Field(default=None, ge=1, le=INT32_MAX, description="Drop rows longer than this.")
 
 
 class DedupeStep(ApiModel):
@@ -76,7 +81,7 @@ class PiiStep(ApiModel):
 
 class AugmentStep(ApiModel):
     method: Literal["none", "random-deletion", "random-swap"] = Field(default="none", description="Augmentation.")
-    copies: int = Field(default=1, ge=1, le=16, description="Augmented copies per training row.")
+    copies: Int = Field(default=1, ge=1, le=16, description="Augmented copies per training row.")
 
 
 class SplitStep(ApiModel):
@@ -84,19 +89,20 @@ class SplitStep(ApiModel):
         Rule(
             cel="self.train + self.validation + self.test > 0.999 && self.train + self.validation + self.test < 1.001",
             message="split: train + validation + test must add up to 1",
-            check=lambda s: abs(s.train + s.validation + s.test - 1.0) < 1e-3,
+            # The same double arithmetic as the CEL expression, in the same order.
+            check=lambda s: s.train + s.validation + s.test > 0.999 and s.train + s.validation + s.test < 1.001,
         ),
     )
 
     train: float = Field(default=0.9, ge=0, le=1, description="Fraction of rows for training.")
     validation: float = Field(default=0.1, ge=0, le=1, description="Fraction for validation.")
     test: float = Field(default=0.0, ge=0, le=1, description="Fraction for testing.")
-    seed: int = Field(default=0, ge=0, description="Seed of the deterministic split.")
+    seed: Int = Field(default=0, ge=0, le=UINT32_MAX, description="Seed of the deterministic split.")
 
 
 class TokenizeStep(ApiModel):
     tokenizer: ModelSource = Field(description="Model whose tokenizer to use.")
-    max_length: int = Field(default=512, ge=8, le=131072, description="Truncate to this many tokens.")
+    max_length: Int = Field(default=512, ge=8, le=131072, description="Truncate to this many tokens.")
 
 
 class DatasetSpec(ApiModel):
@@ -119,7 +125,9 @@ class DatasetSpec(ApiModel):
     split: SplitStep | None = Field(default=None, description="Train/validation/test split.")
     tokenize: TokenizeStep | None = Field(default=None, description="Tokenisation of every split.")
     output: StorageLocation = Field(description="Where versions are published (one directory per hash).")
-    image: str | None = Field(default=None, description="Data image; default: the operator's data image.")
+    image: str | None = Field(
+        default=None, description="Data image; default: the operator's data image.", max_length=1024
+    )
     resources: Resources = Field(default_factory=Resources, description="CPU/memory of the preparation pod.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Queue, priority and placement.")
 

@@ -3,10 +3,12 @@ and the operator need about each (names, short names, printer columns, subresour
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from lepton.api.base import ApiModel, Rule
 from lepton.api.common import CommonStatus
@@ -21,17 +23,59 @@ API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "lepton"
 
 
+# metav1.ObjectMeta's JSON fields: any other key under metadata is an unknown field.
+OBJECT_META_FIELDS = frozenset(
+    [
+        "name",
+        "generateName",
+        "namespace",
+        "selfLink",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "labels",
+        "annotations",
+        "ownerReferences",
+        "finalizers",
+        "managedFields",
+    ]
+)
+_DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+# What the apiserver says of a bad name (k8s.io/apimachinery/pkg/util/validation, IsDNS1123Subdomain).
+NAME_TOO_LONG = "must be no more than 253 characters"
+NAME_NOT_SUBDOMAIN = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
+    f"start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
+    f"'{_DNS1123_SUBDOMAIN}')"
+)
+
+
 class ObjectMeta(BaseModel):
     """The part of metav1.ObjectMeta the project reads; everything else is kept as it came."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow")
 
-    name: str = Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    name: str
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_subdomain(cls, name: str) -> str:
+        if not name:
+            raise PydanticCustomError("field_required", "name or generateName is required", {"detail": ""})
+        details = [NAME_TOO_LONG] if len(name) > 253 else []
+        if not re.fullmatch(_DNS1123_SUBDOMAIN, name):
+            details.append(NAME_NOT_SUBDOMAIN)
+        if details:
+            raise PydanticCustomError("field_invalid", "; ".join(details), {"details": details})
+        return name
 
 
 class _Envelope(ApiModel):
@@ -45,6 +89,20 @@ class Dataset(_Envelope):
     status: DatasetStatus = Field(default_factory=DatasetStatus)
 
 
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+_DNS1035 = re.compile(DNS1035_LABEL[1:-1])
+
+
+def dns1035_name(kind: str, becomes: str) -> Rule:
+    """A name that becomes a Service name or a host name: a DNS-1035 label (no dots, a letter first)."""
+    return Rule(
+        cel=f"self.metadata.name.matches('{DNS1035_LABEL}')",
+        message=f"{kind} names must start with a letter and hold only lowercase letters, digits and '-' "
+        f"(no dots): they become {becomes}",
+        check=lambda resource: _DNS1035.fullmatch(resource.metadata.name) is not None,
+    )
+
+
 # Pods are named <job>-<attempt>-<index> and their hostnames <job>-<index> (at most 63 characters).
 TRAININGJOB_NAME_RULE = Rule(
     cel="self.metadata.name.size() <= 50",
@@ -54,7 +112,7 @@ TRAININGJOB_NAME_RULE = Rule(
 
 
 class TrainingJob(_Envelope):
-    rules = (TRAININGJOB_NAME_RULE,)
+    rules = (dns1035_name("TrainingJob", "a Service name and pod host names"), TRAININGJOB_NAME_RULE)
 
     kind: Literal["TrainingJob"] = Field(description="TrainingJob")
     spec: TrainingJobSpec
@@ -62,12 +120,23 @@ class TrainingJob(_Envelope):
 
 
 class TuningStudy(_Envelope):
+    rules = (dns1035_name("TuningStudy", "the first part of its trials' TrainingJob names"),)
+
     kind: Literal["TuningStudy"] = Field(description="TuningStudy")
     spec: TuningStudySpec
     status: TuningStudyStatus = Field(default_factory=TuningStudyStatus)
 
 
 class InferenceService(_Envelope):
+    rules = (
+        dns1035_name("InferenceService", "a Service name"),
+        Rule(
+            cel="self.metadata.name.size() <= 63",
+            message="InferenceService names are at most 63 characters: they become Service names",
+            check=lambda service: len(service.metadata.name) <= 63,
+        ),
+    )
+
     kind: Literal["InferenceService"] = Field(description="InferenceService")
     spec: InferenceServiceSpec
     status: InferenceServiceStatus = Field(default_factory=InferenceServiceStatus)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lepton.api.base import ApiModel, Rule, exactly_one, immutable, ordered
+from lepton.api.base import INT32_MAX, UINT32_MAX, ApiModel, Int, Rule, exactly_one, immutable, local_uri, ordered
 from lepton.api.common import (
     CommonStatus,
     DatasetRef,
@@ -30,16 +30,23 @@ class ModelSpec(ModelSource):
         description="pretrained: load the weights; config: build the architecture from config.json with "
         "fresh weights (training from scratch, tiny test models).",
     )
-    num_labels: int | None = Field(default=None, ge=2, description="Number of classes, for sequence-classification.")
+    num_labels: Int | None = Field(
+        default=None, ge=2, le=1000000, description="Number of classes, for sequence-classification."
+    )
 
 
 class DataSpec(ApiModel):
     """Training data: a Dataset, or files (jsonl, csv, parquet) at a URI or in a PVC."""
 
-    rules = (exactly_one("datasetRef", "uri", "pvc", where="data"),)
+    rules = (exactly_one("datasetRef", "uri", "pvc", where="data"), local_uri("data"))
 
     dataset_ref: DatasetRef | None = Field(default=None, description="A Dataset in this namespace.")
-    uri: str | None = Field(default=None, description="File or directory: local path, file://, s3://.", min_length=1)
+    uri: str | None = Field(
+        default=None,
+        description="File or directory: a local path or file:// URI (s3:// and gs:// are not supported yet).",
+        min_length=1,
+        max_length=2048,
+    )
     pvc: PvcPath | None = Field(default=None, description="File or directory inside a PersistentVolumeClaim.")
     format: Literal["auto", "jsonl", "csv", "parquet"] = Field(
         default="auto", description="File format; auto guesses from the extension."
@@ -63,20 +70,22 @@ class Hyperparameters(ApiModel):
     )
 
     learning_rate: float = Field(default=5e-5, gt=0, le=1, description="Peak learning rate.")
-    batch_size: int = Field(default=8, ge=1, le=65536, description="Samples per device per step.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096, description="Micro-steps per update.")
-    epochs: float | None = Field(default=None, gt=0, description="Passes over the data.")
-    max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps; overrides epochs if set.")
-    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    batch_size: Int = Field(default=8, ge=1, le=65536, description="Samples per device per step.")
+    gradient_accumulation_steps: Int = Field(default=1, ge=1, le=4096, description="Micro-steps per update.")
+    epochs: float | None = Field(default=None, gt=0, le=100000, description="Passes over the data.")
+    max_steps: Int | None = Field(
+        default=None, ge=1, le=INT32_MAX, description="Optimizer steps; overrides epochs if set."
+    )
+    warmup_steps: Int = Field(default=0, ge=0, le=INT32_MAX, description="Linear warm-up steps.")
+    weight_decay: float = Field(default=0.0, ge=0, le=1000, description="AdamW weight decay.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(default="linear", description="LR schedule.")
-    max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm; 0 disables.")
-    max_seq_length: int = Field(default=512, ge=8, le=131072, description="Tokens per sample after truncation.")
+    max_grad_norm: float = Field(default=1.0, ge=0, le=1e9, description="Gradient clipping norm; 0 disables.")
+    max_seq_length: Int = Field(default=512, ge=8, le=131072, description="Tokens per sample after truncation.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 on GPUs that support it, fp32 on CPU."
     )
-    seed: int = Field(default=42, ge=0, description="Seed for data order and initialisation.")
-    eval_every_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps.")
+    seed: Int = Field(default=42, ge=0, le=UINT32_MAX, description="Seed for data order and initialisation.")
+    eval_every_steps: Int | None = Field(default=None, ge=1, le=INT32_MAX, description="Evaluate every N steps.")
 
 
 class CheckpointSpec(ApiModel):
@@ -85,8 +94,8 @@ class CheckpointSpec(ApiModel):
     location: StorageLocation | None = Field(
         default=None, description="Where checkpoints go; default: under the output location."
     )
-    every_steps: int = Field(default=500, ge=1, description="Save every N optimizer steps.")
-    keep: int = Field(default=2, ge=1, le=100, description="How many recent checkpoints to keep.")
+    every_steps: Int = Field(default=500, ge=1, le=INT32_MAX, description="Save every N optimizer steps.")
+    keep: Int = Field(default=2, ge=1, le=100, description="How many recent checkpoints to keep.")
     resume: Literal["latest", "none"] = Field(
         default="latest", description="latest: continue from the newest checkpoint on (re)start."
     )
@@ -141,16 +150,18 @@ class TrainingJobSpec(JobLifecycle):
         immutable("gpusPerNode", "gpusPerNode"),
     )
 
-    image: str | None = Field(default=None, description="Trainer image; default: the operator's trainer image.")
+    image: str | None = Field(
+        default=None, description="Trainer image; default: the operator's trainer image.", max_length=1024
+    )
     task: Task = Field(default="causal-lm", description="causal-lm or sequence-classification.")
     model: ModelSpec = Field(description="The model to train and where it comes from.")
     data: DataSpec = Field(description="The training data.")
     hyperparameters: Hyperparameters = Field(description="Optimisation settings.")
-    nodes: int | None = Field(default=None, ge=1, le=1024, description="Pods (machines); fixed size.")
-    min_nodes: int | None = Field(default=None, ge=1, le=1024, description="Elastic: fewest nodes to run with.")
-    max_nodes: int | None = Field(default=None, ge=1, le=1024, description="Elastic: most nodes to use.")
-    gpus_per_node: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per pod; 0 trains on CPU.")
-    procs_per_node: int | None = Field(
+    nodes: Int | None = Field(default=None, ge=1, le=1024, description="Pods (machines); fixed size.")
+    min_nodes: Int | None = Field(default=None, ge=1, le=1024, description="Elastic: fewest nodes to run with.")
+    max_nodes: Int | None = Field(default=None, ge=1, le=1024, description="Elastic: most nodes to use.")
+    gpus_per_node: Int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per pod; 0 trains on CPU.")
+    procs_per_node: Int | None = Field(
         default=None, ge=1, le=256, description="Processes per pod; default: gpusPerNode, or 1 on CPU."
     )
     backend: Literal["auto", "nccl", "gloo"] = Field(

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lepton.api.base import ApiModel, Rule, exactly_one, immutable, ordered
+from lepton.api.base import INT32_MAX, UINT32_MAX, ApiModel, Int, Rule, exactly_one, immutable, ordered
 from lepton.api.common import CommonStatus, JobLifecycle, PvcPath, Scheduling, SecretKeyRef
 from lepton.api.trainingjob import TrainingJobSpec
 
@@ -52,14 +52,14 @@ class Parameter(ApiModel):
 
 class Sampler(ApiModel):
     type: Literal["tpe", "random", "cmaes", "grid", "qmc"] = Field(default="tpe", description="Optuna sampler.")
-    seed: int | None = Field(default=None, ge=0, description="Seed for reproducible suggestions.")
+    seed: Int | None = Field(default=None, ge=0, le=UINT32_MAX, description="Seed for reproducible suggestions.")
 
 
 class Pruner(ApiModel):
     type: Literal["none", "median", "hyperband", "successive-halving"] = Field(
         default="median", description="Optuna pruner: stops unpromising trials early."
     )
-    warmup_steps: int = Field(default=0, ge=0, description="Steps before a trial may be pruned.")
+    warmup_steps: Int = Field(default=0, ge=0, le=INT32_MAX, description="Steps before a trial may be pruned.")
 
 
 class StudyStorage(ApiModel):
@@ -93,9 +93,11 @@ class TuningStudySpec(JobLifecycle):
     search_space: list[Parameter] = Field(min_length=1, max_length=64, description="Parameters to search.")
     sampler: Sampler = Field(default_factory=Sampler, description="How to suggest parameters.")
     pruner: Pruner = Field(default_factory=Pruner, description="How to stop bad trials early.")
-    max_trials: int = Field(default=20, ge=1, le=10000, description="Trials to run in total.")
-    parallelism: int = Field(default=1, ge=1, le=1000, description="Trials running at once.")
-    max_failed_trials: int = Field(default=3, ge=0, description="Fail the study after this many failed trials.")
+    max_trials: Int = Field(default=20, ge=1, le=10000, description="Trials to run in total.")
+    parallelism: Int = Field(default=1, ge=1, le=1000, description="Trials running at once.")
+    max_failed_trials: Int = Field(
+        default=3, ge=0, le=10000, description="Fail the study after this many failed trials."
+    )
     storage: StudyStorage | None = Field(default=None, description="Persistent storage; default: operator-managed.")
     trial_template: TrialTemplate = Field(description="The TrainingJob each trial runs.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Queue, priority and placement.")
