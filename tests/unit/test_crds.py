@@ -123,3 +123,32 @@ def test_schema_is_structural_and_documented(kind: str) -> None:
 def test_rendering_is_deterministic() -> None:
     info = KINDS["TuningStudy"]
     assert render_crd_yaml(info) == render_crd_yaml(info)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_integer_of_a_spec_has_a_maximum_and_quantities_a_pattern(kind: str) -> None:
+    spec = load(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for path, node in _walk(spec, "spec"):
+        if node.get("type") == "integer":
+            assert "maximum" in node, f"{path}: an integer without a stated maximum"
+        if node.get("x-kubernetes-int-or-string"):
+            assert node.get("pattern") and node.get("minimum") == 0, f"{path}: a quantity without its pattern"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_no_description_promises_an_object_store(kind: str) -> None:
+    spec = load(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for path, node in _walk(spec, "spec"):
+        if ".s3" in path:  # a Dataset's s3 source: an object store by name, arriving with the Dataset issue
+            continue
+        text = node.get("description", "")
+        if "s3://" in text or "gs://" in text:
+            assert "not supported yet" in text, f"{path}: {text}"
+
+
+@pytest.mark.parametrize(("kind", "rules"), [("TrainingJob", 2), ("InferenceService", 2), ("TuningStudy", 1)])
+def test_names_that_become_services_or_host_names_are_dns_1035_labels(kind: str, rules: int) -> None:
+    root = load(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    cel = [r["rule"] for r in root["x-kubernetes-validations"]]
+    assert len(cel) == rules
+    assert "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')" in cel

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lepton.api.validation import ManifestError, parse
+from lepton.api.validation import ManifestError, go_float, go_value, parse
 from tests.conftest import EXAMPLES
 
 BASE = yaml.safe_load((EXAMPLES / "trainingjob.yaml").read_text())
@@ -72,3 +72,30 @@ def test_defaults_are_filled_in() -> None:
     job = parse(broken())
     assert job.kind == "TrainingJob"
     assert job.spec.backoff_limit == 3 and job.spec.backend == "auto" and job.spec.checkpoint.resume == "latest"
+
+
+@pytest.mark.parametrize(
+    ("value", "printed"),
+    [  # as kube-apiserver v1.37 printed them (Go's %v of a float64)
+        (1e8, "1e+08"),
+        (1234567.0, "1.234567e+06"),
+        (123456.5, "123456.5"),
+        (100000.0, "100000"),
+        (-5e-08, "-5e-08"),
+        (1e-07, "1e-07"),
+        (0.0001, "0.0001"),
+        (2e30, "2e+30"),
+        (float(2**63), "9.223372036854776e+18"),
+        (0.5, "0.5"),
+        (-0.0, "-0"),
+    ],
+)
+def test_floats_are_printed_as_go_prints_them(value: float, printed: str) -> None:
+    assert go_float(value) == printed
+
+
+def test_values_are_printed_as_the_apiserver_received_them() -> None:
+    assert go_value(2.0) == "2"  # a Go client sends an integral float as an integer
+    assert go_value(2**63) == "9.223372036854776e+18"  # beyond int64: a float64 on the apiserver
+    assert go_value('Ab\u200d\n\x01é"') == '"Ab\\u200d\\n\\x01é\\""'  # Go's %q: printable characters stay
+    assert go_value(True) == "true"

@@ -58,7 +58,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str
+    name: str = Field(default="", validate_default=True)  # missing: "name or generateName is required"
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None

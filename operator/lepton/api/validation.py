@@ -349,7 +349,19 @@ def parse(doc: Mapping[str, Any]) -> Resource:
     if problems:
         raise ManifestError(where, problems)
     wire = _without_nulls(wire, root)
+    wire.setdefault("metadata", {})  # the apiserver then asks for a name, not for metadata
     try:
-        return info.model.model_validate(wire, strict=True, by_alias=True, by_name=False)  # type: ignore[return-value]
+        return _validate(info, wire)
+    except ValidationError as exc:
+        if not any(e["loc"][:1] == ("status",) for e in exc.errors()):
+            raise ManifestError(where, problems_of(exc)) from None
+    # On create and update the apiserver discards the status a manifest brings (only the status
+    # subresource writes it), once its field names are known: so does parse, when it cannot read it.
+    try:
+        return _validate(info, {k: v for k, v in wire.items() if k != "status"})
     except ValidationError as exc:
         raise ManifestError(where, problems_of(exc)) from None
+
+
+def _validate(info: KindInfo, wire: dict[str, Any]) -> Resource:
+    return info.model.model_validate(wire, strict=True, by_alias=True, by_name=False)  # type: ignore[return-value]
