@@ -1,5 +1,6 @@
 """What the control-plane benchmarks share: a client for the real apiserver, a burst of creations timed
-against a watch, and the operator as a measured subprocess."""
+against a watch (closed loop at a concurrency, or open loop at a fixed rate), and the operator as a
+measured subprocess."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ class Api:
 Submit = Callable[[aiohttp.ClientSession, int], Awaitable[str]]
 
 
+@dataclass
+class Burst:
+    latencies: list[float]  # each item's submit -> done seconds, sorted
+    submit_seconds: float  # first submission started -> last one returned
+    behind: float = 0.0  # at a fixed rate: the furthest a submission started behind its schedule, seconds
+
+
 async def timed_burst(
     api: Api,
     watch_path: str,
@@ -52,8 +60,32 @@ async def timed_burst(
     """Submit `count` items (`submit(http, i)` creates item i and returns its key) at `concurrency`,
     while a watch on `watch_path` calls `arrived(obj)` on every event: the key it returns, if any, is
     done. Returns each item's submit -> done seconds, sorted."""
+    burst = await timed_submissions(api, watch_path, submit, arrived, count=count, concurrency=concurrency,
+                                    timeout=timeout, what=what)  # fmt: skip
+    return burst.latencies
+
+
+async def timed_submissions(
+    api: Api,
+    watch_path: str,
+    submit: Submit,
+    arrived: Callable[[dict[str, Any]], str | None],
+    *,
+    count: int,
+    timeout: float,
+    what: str,
+    concurrency: int | None = None,
+    rate: float | None = None,
+) -> Burst:
+    """timed_burst, closed or open loop: with `concurrency`, at most that many submissions in flight (each
+    timed from when it starts); with `rate`, item i is submitted at i / rate seconds whatever the server
+    does (open loop) and timed from that scheduled moment, so a client that falls behind cannot hide
+    the wait (the furthest behind it fell is reported)."""
+    if (concurrency is None) == (rate is None):
+        raise ValueError("give exactly one of concurrency and rate")
     submitted: dict[str, float] = {}
     done_at: dict[str, float] = {}
+    behind = 0.0
     finished = asyncio.Event()
     async with api.session() as http:
         async with http.get(watch_path) as rsp:
@@ -77,21 +109,30 @@ async def timed_burst(
 
         watcher = asyncio.create_task(watch())
         await asyncio.sleep(0.3)
-        gate = asyncio.Semaphore(concurrency)
+        gate = asyncio.Semaphore(concurrency or 1)
+        t0 = time.perf_counter()
 
         async def one(i: int) -> None:
+            nonlocal behind
+            if rate is not None:
+                due = t0 + i / rate
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                behind = max(behind, time.perf_counter() - due)
+                submitted[await submit(http, i)] = due
+                return
             async with gate:
                 started = time.perf_counter()
                 submitted[await submit(http, i)] = started
 
         await asyncio.gather(*(one(i) for i in range(count)))
+        submit_seconds = time.perf_counter() - t0
         try:
             await asyncio.wait_for(finished.wait(), timeout=timeout)
         except TimeoutError:
             raise SystemExit(f"only {len(done_at)}/{count} {what} within {timeout:.0f} s") from None
         finally:
             watcher.cancel()
-    return sorted(done_at[k] - submitted[k] for k in submitted)
+    return Burst(sorted(done_at[k] - submitted[k] for k in submitted), submit_seconds, behind)
 
 
 def proc_stats(pid: int) -> tuple[float, float]:

@@ -1,12 +1,18 @@
 """P1: 500 TrainingJobs x 2 pods on kwok GPU nodes: submit -> all of a job's pods Running.
 
-Two runs on one dedicated real control plane, in one process tree:
-  baseline  the benchmark creates the very pods the operator would (same render, same PodGroups),
-            itself, with no operator: the control plane's own limit (scheduler, kwok, apiserver);
-  operator  the benchmark creates TrainingJobs and `leptonctl operator` does the rest.
-Reports p50/p99 per run, their ratio, and the operator's CPU seconds and peak RSS.
+Two sides on one dedicated real control plane, in one process tree:
+  direct    the benchmark creates the very objects the operator would (same render: Service, PodGroup,
+            pods), itself, with no operator: the control plane's own limit (scheduler, kwok, apiserver);
+  operator  the benchmark creates TrainingJobs and `leptonctl operator` (a fresh process each run) does
+            the rest.
+Both sides submit at the same fixed rate (--rate jobs/s, open loop: job i at i / rate seconds, timed from
+that moment), so the latency measures the path, not a queue the benchmark built itself. --rounds rounds
+alternate the order (direct first in round 1, operator first in round 2, ...); every run gets a fresh
+namespace, deleted (its pods gone) before the next. Reports p50/p99 per side per round, the operator /
+direct ratio per round with their geometric mean, 95% confidence interval (Student's t on the log ratios)
+and spread, and the operator's CPU seconds and peak RSS per round.
 
-    python -m benchmarks.trainingjob_gang_start --jobs 500
+    python -m benchmarks.trainingjob_gang_start --jobs 500 --rate 5 --rounds 4
 """
 
 from __future__ import annotations
@@ -15,14 +21,17 @@ import argparse
 import asyncio
 import math
 import statistics
+import sys
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from benchmarks.harness import Api, operator_process, timed_burst
+from benchmarks.harness import Api, Burst, OperatorUsage, operator_process, timed_submissions
 from benchmarks.results import record
+from benchmarks.stats import ratio_estimate
 from lepton.api import TrainingJob
 from lepton.api.validation import parse
 from lepton.cli.devcluster import DevCluster
@@ -42,7 +51,7 @@ def job_doc(i: int, ns: str) -> dict[str, Any]:
             "hyperparameters": {"maxSteps": 100},
             "nodes": 2,
             "gpusPerNode": 1,
-            "output": {"uri": f"s3://models/job-{i:04d}"},
+            "output": {"uri": f"/output/job-{i:04d}"},
         },
     }
 
@@ -55,9 +64,9 @@ def collection(obj: dict[str, Any]) -> str:
     return f"{base}/namespaces/{ns}/{plural[obj['kind']]}"
 
 
-async def run(api: Api, ns: str, jobs: int, concurrency: int, direct: bool) -> list[float]:
+async def run(api: Api, ns: str, jobs: int, rate: float, direct: bool) -> Burst:
     running: dict[str, set[str]] = {}
-    settings = RenderSettings(gang_scheduling=True, termination_grace_seconds=1)
+    settings = RenderSettings(gang_scheduling=True)  # the operator's defaults: the same pods on both sides
 
     async def submit(http: aiohttp.ClientSession, i: int) -> str:
         doc = job_doc(i, ns)
@@ -81,59 +90,129 @@ async def run(api: Api, ns: str, jobs: int, concurrency: int, direct: bool) -> l
         running.setdefault(job, set()).add(pod["metadata"]["name"])
         return job if len(running[job]) == 2 else None
 
-    return await timed_burst(api, f"/api/v1/namespaces/{ns}/pods", submit, both_running, count=jobs,
-                             concurrency=concurrency, timeout=900, what="jobs had both pods Running")  # fmt: skip
+    return await timed_submissions(api, f"/api/v1/namespaces/{ns}/pods", submit, both_running, count=jobs, rate=rate,
+                                   timeout=900, what="jobs had both pods Running")  # fmt: skip
 
 
-def summary(samples: list[float]) -> dict[str, float]:
+def quantiles(samples: list[float]) -> tuple[float, float]:
+    """(p50, p99) seconds."""
     q = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"p50": q[49], "p99": q[98], "max": samples[-1]}
+    return q[49], q[98]
+
+
+@dataclass
+class Side:
+    burst: Burst
+    wall: float  # the run: watch set-up, submissions, until the last job has both pods Running
+    usage: OperatorUsage | None = None  # the operator side only
+
+    @property
+    def p50(self) -> float:
+        return quantiles(self.burst.latencies)[0]
+
+    @property
+    def p99(self) -> float:
+        return quantiles(self.burst.latencies)[1]
+
+
+@dataclass
+class Round:
+    first: str
+    direct: Side
+    operator: Side
+
+
+def one_side(cluster: DevCluster, api: Api, side: str, number: int, args: argparse.Namespace) -> Side:
+    ns = f"p1-{side}-r{number}-{uuid.uuid4().hex[:4]}"
+    cluster.kubectl("create", "namespace", ns)
+    usage = None
+    t0 = time.perf_counter()
+    if side == "direct":
+        burst = asyncio.run(run(api, ns, args.jobs, args.rate, direct=True))
+        wall = time.perf_counter() - t0
+    else:
+        with operator_process(cluster.kubeconfig, ns) as usage:
+            t0 = time.perf_counter()
+            burst = asyncio.run(run(api, ns, args.jobs, args.rate, direct=False))
+            wall = time.perf_counter() - t0
+    # The operator is stopped first, so it neither works on nor is charged for the deletion. The pods go at
+    # once (kwok would honour their grace period), then the namespace, before the next run starts.
+    t1 = time.perf_counter()
+    cluster.kubectl("delete", "pods", "--all", "-n", ns, "--grace-period=0", "--force", "--wait=false")
+    cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=600s")
+    print(f"  {side}: {wall:.1f} s, namespace deleted in {time.perf_counter() - t1:.1f} s", file=sys.stderr, flush=True)
+    return Side(burst, wall, usage)
+
+
+def report(args: argparse.Namespace, nodes: int, rounds: list[Round]) -> str:
+    r50 = ratio_estimate([r.operator.p50 / r.direct.p50 for r in rounds])
+    r99 = ratio_estimate([r.operator.p99 / r.direct.p99 for r in rounds])
+    pooled = {side: quantiles([x for r in rounds for x in getattr(r, side).burst.latencies])
+              for side in ("direct", "operator")}  # fmt: skip
+    cpu = [r.operator.usage.cpu - r.operator.usage.idle_cpu for r in rounds if r.operator.usage]
+    rss = [r.operator.usage.rss_mib for r in rounds if r.operator.usage]
+    behind = max(max(r.direct.burst.behind, r.operator.burst.behind) for r in rounds)
+    lines = [
+        f"{args.jobs} jobs x 2 pods (1 GPU each) on {nodes} kwok GPU nodes of {GPUS_PER_NODE} GPUs; native gang "
+        "scheduling (PodGroup minCount 2). Both sides submit at a fixed "
+        f"**{args.rate:g} jobs/s** (open loop, {args.jobs / args.rate:.0f} s of submissions; the client fell at most "
+        f"{behind * 1000:.0f} ms behind its schedule). Latency = scheduled submit -> both pods Running (includes "
+        "kwok's simulated 1-6 s container start). "
+        f"{len(rounds)} rounds, the order alternating; a fresh namespace per run, a fresh operator per round. "
+        "Ratios: per round; below, their geometric mean with a 95% confidence interval (Student's t on the "
+        "log ratios), then the spread of the per-round ratios.",
+        "",
+        f"- **operator / direct, p50: {r50.interval(2)}**; {r50.spread(2)}",
+        f"- **operator / direct, p99: {r99.interval(2)}**; {r99.spread(2)}",
+        f"- all rounds pooled: direct p50 {pooled['direct'][0]:.2f} s, p99 {pooled['direct'][1]:.2f} s; operator "
+        f"p50 {pooled['operator'][0]:.2f} s, p99 {pooled['operator'][1]:.2f} s",
+        f"- operator process: {statistics.fmean(cpu):.1f} CPU-seconds per {args.jobs} jobs (mean; "
+        f"{min(cpu):.1f}-{max(cpu):.1f}), peak RSS {max(rss):.0f} MiB (largest of the rounds)",
+        "",
+        "| round | first | direct p50 s | direct p99 s | operator p50 s | operator p99 s | ratio p50 | ratio p99 | "
+        "wall s direct / operator | operator CPU s | operator peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rounds, 1):
+        d, o = r.direct, r.operator
+        assert o.usage is not None
+        lines.append(f"| {i} | {r.first} | {d.p50:.2f} | {d.p99:.2f} | {o.p50:.2f} | {o.p99:.2f} | "
+                     f"{o.p50 / d.p50:.2f} | {o.p99 / d.p99:.2f} | {d.wall:.1f} / {o.wall:.1f} | "
+                     f"{o.usage.cpu - o.usage.idle_cpu:.1f} | {o.usage.rss_mib:.0f} |")  # fmt: skip
+    lines.append("")
+    lines.append("Operator CPU seconds exclude its start-up (measured before the first submission).")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=5.0, help="jobs submitted per second, on both sides")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of (direct, operator), the order alternating")
+    parser.add_argument("--cluster", default="lepton-p1", help="name of the dedicated dev cluster (deleted after)")
     args = parser.parse_args()
-    # Room for one run: each job takes 2 GPUs; one node has 8. The baseline's pods go before the next run.
+    # Room for one run: each job takes 2 GPUs; one node has 8. A run's namespace goes before the next run.
     nodes = math.ceil(args.jobs * 2 / GPUS_PER_NODE) + 2
-    cluster = DevCluster("lepton-p1")
+    cluster = DevCluster(args.cluster)
     cluster.down()
     cluster.up(nodes=nodes, gpus_per_node=GPUS_PER_NODE)
     api = Api(cluster.kubeconfig)
-
-    base_ns, op_ns = f"p1-direct-{uuid.uuid4().hex[:4]}", f"p1-operator-{uuid.uuid4().hex[:4]}"
-    for ns in (base_ns, op_ns):
-        cluster.kubectl("create", "namespace", ns)
-    t0 = time.perf_counter()
-    baseline = asyncio.run(run(api, base_ns, args.jobs, args.concurrency, direct=True))
-    base_wall = time.perf_counter() - t0
-    cluster.kubectl("delete", "namespace", base_ns, "--wait=true", "--timeout=600s")
-
-    with operator_process(cluster.kubeconfig, op_ns) as usage:
-        t0 = time.perf_counter()
-        measured = asyncio.run(run(api, op_ns, args.jobs, args.concurrency, direct=False))
-        op_wall = time.perf_counter() - t0
-    cluster.down()
-
-    b, m = summary(baseline), summary(measured)
-    body = f"""
-{args.jobs} jobs x 2 pods (1 GPU each) on {nodes} kwok GPU nodes of {GPUS_PER_NODE} GPUs, submitted at
-concurrency {args.concurrency}; native gang scheduling (PodGroup minCount 2). Latency = submit -> both pods
-Running (includes kwok's simulated 1-6 s container start).
-
-| run | p50 s | p99 s | max s | wall s |
-|---|---|---|---|---|
-| baseline: the benchmark creates Service + PodGroup + 2 pods itself | {b["p50"]:.2f} | {b["p99"]:.2f} | {b["max"]:.2f} | {base_wall:.1f} |
-| operator: TrainingJobs, `leptonctl operator` creates the rest | {m["p50"]:.2f} | {m["p99"]:.2f} | {m["max"]:.2f} | {op_wall:.1f} |
-| ratio operator / baseline | {m["p50"] / b["p50"]:.2f}x | {m["p99"] / b["p99"]:.2f}x | | {op_wall / base_wall:.2f}x |
-
-Operator process: {usage.cpu - usage.idle_cpu:.1f} CPU-seconds for {args.jobs} jobs ({usage.cpu:.1f} s with start-up), peak RSS {usage.rss_mib:.0f} MiB.
-"""  # noqa: E501
+    rounds: list[Round] = []
+    try:
+        for number in range(1, args.rounds + 1):
+            order = ("direct", "operator") if number % 2 else ("operator", "direct")
+            sides = {side: one_side(cluster, api, side, number, args) for side in order}
+            rounds.append(Round(order[0], sides["direct"], sides["operator"]))
+            r = rounds[-1]
+            print(f"round {number}/{args.rounds} ({order[0]} first): p50 direct {r.direct.p50:.2f} s, operator "
+                  f"{r.operator.p50:.2f} s; p99 direct {r.direct.p99:.2f} s, operator {r.operator.p99:.2f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        cluster.down()
     record(
         "P1 operator: TrainingJob gang start (issue 4)",
-        body,
-        f"python -m benchmarks.trainingjob_gang_start --jobs {args.jobs} --concurrency {args.concurrency}",
+        report(args, nodes, rounds),
+        f"python -m benchmarks.trainingjob_gang_start --jobs {args.jobs} --rate {args.rate:g} --rounds {args.rounds}",
     )
 
 
