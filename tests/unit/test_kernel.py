@@ -235,3 +235,11 @@ def test_a_failed_discovery_is_asked_again_not_taken_as_no() -> None:
         with pytest.raises(Exception, match="discovery"):
             asyncio.run(tj.prepare(client))
         assert tj._gang is None
+
+
+def test_the_phase_gauge_counts_each_object_once() -> None:
+    metrics = OperatorMetrics()
+    for name, phase in (("a", "Pending"), ("b", "Pending"), ("a", "Running"), ("a", "Running"), ("b", None)):
+        metrics.observe_phase("TrainingJob", "ns", name, phase)
+    values = {s.labels["phase"]: s.value for m in metrics.resources.collect() for s in m.samples}
+    assert values == {"Pending": 0, "Running": 1}

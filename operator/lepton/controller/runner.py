@@ -88,4 +88,8 @@ async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -
 
 def run(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf logs every handler call ("Handler ... succeeded") at INFO: one line per watch event is noise
+    # at scale and costs CPU; the reconciler logs what matters (errors, stalls, TTL deletions).
+    if settings.log_level != "DEBUG":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(serve(settings))
