@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = TrainerConfig.model_validate_json(text)
     except ValidationError as exc:
-        print(f"invalid trainer configuration:\n{exc}", file=sys.stderr)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in exc.errors())
+        print(f"[trainer] error: invalid trainer configuration: {problems}", file=sys.stderr)
         return 2
     from lepton.workloads.trainer.data import TrainerError  # torch loads only once the config is valid
     from lepton.workloads.trainer.train import run

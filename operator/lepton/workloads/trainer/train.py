@@ -214,6 +214,25 @@ def _evaluate(
     return float(total.item() / max(count.item(), 1))
 
 
+def _model_kept(cfg: TrainerConfig, out: Path, step: int, *, rank: int, device: torch.device) -> bool:
+    """Whether the output already holds this job's model at `step` (rank 0 looks; every rank hears)."""
+    kept = 0.0
+    if rank == 0:
+        try:
+            meta = json.loads((out / "lepton-training.json").read_text())
+        except (OSError, ValueError):
+            meta = None
+        if isinstance(meta, dict) and meta.get("job") == cfg.job and meta.get("steps") == step:
+            kept = float((out / "config.json").exists())
+    flag = torch.tensor([kept], device=device)
+    dist.all_reduce(flag)
+    return bool(flag.item() > 0)
+
+
+def _loss(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bottom
     device = device_for(cfg.backend)
     dist.init_process_group(backend=cfg.backend)
@@ -240,6 +259,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     # Where the data stream stands: (epoch, position in that epoch's order). Kept as a position, not a
     # step, so an elastic gang that comes back with another world size reads on where it stopped.
     step, epoch, position = int(state.get("step", 0)), int(state.get("epoch", 0)), int(state.get("position", 0))
+    start, loss_value = step, _loss(state.get("loss"))  # a resume at the last step trains nothing
     total = total_steps(hp, step=step, at=(epoch, position), rows=len(train), per_step=per_step, world=world,
                         saved=state)  # fmt: skip
     amp = autocast_dtype(hp.precision, device)
@@ -314,7 +334,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         if step % cfg.checkpoint_every_steps == 0 or preempted or step == total:
             state = {**par.training_state(optimizer), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "position": position,
-                     "world_size": world, "total": total, "rng": _rng_state(device)}  # fmt: skip
+                     "world_size": world, "total": total, "loss": loss_value, "rng": _rng_state(device)}  # fmt: skip
             t0 = time.monotonic()
             saved = checkpoint.save(ckpt_root, step, rank=rank, world=world, state=state, keep=cfg.checkpoint_keep,
                                     write_shards=lambda tmp: par.save_sharded(tmp, optimizer))  # fmt: skip
@@ -330,6 +350,11 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     train_seconds = time.monotonic() - started - ckpt_seconds
     if history_file is not None:
         history_file.close()
+    if step == start and _model_kept(cfg, out, step, rank=rank, device=device):
+        log(rank, f"nothing to train: resumed at the last step ({step} of {total}); the model in {out} is kept")
+        progress.close()
+        dist.destroy_process_group()
+        return 0
     trained = per_step * (step - int(progress.state["startStep"]))
     eval_loss = _evaluate(par, evals, cfg, rank=rank, world=world, device=device)
     weights = par.full_state_dict()
@@ -338,14 +363,14 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         final.save_pretrained(out)
         tokenizer.save_pretrained(out)
         quantized = export_int8(final, out) if cfg.quantization == "dynamic-int8" else None
-        meta = {"job": cfg.job, "task": cfg.task, "steps": step, "world_size": world, "final_loss": loss_value,
-                "eval_loss": eval_loss, "train_rows": len(train), "data": cfg.data.to_wire(),
+        meta = {"job": cfg.job, "task": cfg.task, "steps": step, "total_steps": total, "world_size": world,
+                "final_loss": loss_value, "eval_loss": eval_loss, "train_rows": len(train), "data": cfg.data.to_wire(),
                 "hyperparameters": hp.to_wire(), "source_model": cfg.model_path,
                 "distillation": cfg.distillation.to_wire() if cfg.distillation else None,
                 "int8_layers": quantized, "train_seconds": train_seconds, "checkpoint_seconds": ckpt_seconds,
                 "samples_per_second": trained / max(train_seconds, 1e-9)}  # fmt: skip
         (out / "lepton-training.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        log(rank, f"done: {step} steps, loss {loss_value:.4f}, model in {out}")
+        log(rank, f"done: {step} steps, loss {'n/a' if loss_value is None else f'{loss_value:.4f}'}, model in {out}")
     dist.barrier()
     progress.close()
     dist.destroy_process_group()
