@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,13 +27,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdout", action="store_true", help="print all CRDs as one YAML stream")
     p.set_defaults(func=crds.command)
 
-    p = sub.add_parser("run", help="run a manifest on this machine as local processes (no cluster needed)")
-    p.add_argument("-f", "--filename", type=Path, required=True, help="manifest with one TrainingJob")
+    p = sub.add_parser(
+        "run",
+        help="run a manifest on this machine as local processes (no cluster needed)",
+        description="Validate one resource, render the pods the operator would create and run their commands "
+        "as local processes, with a progress line and a run directory (one log per pod). Ctrl-C stops them "
+        "after a checkpoint; the same command resumes. A job whose model is already there is not run again. "
+        "Exit codes: 0 succeeded or already finished, 1 the workload failed, 2 the manifest cannot run here, "
+        "130 interrupted.",
+    )
+    p.add_argument("-f", "--filename", type=Path, required=True, help="manifest with one resource (a TrainingJob)")
     p.add_argument("--runs-dir", type=Path, default=Path(".lepton/runs"), help="where run directories go")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start again from the beginning instead of resuming or reporting an earlier run: for a "
+        "TrainingJob, delete its checkpoints (step-* in its checkpoint directory) and the "
+        "lepton-training.json and train_log.jsonl in its output directory first (the model files there are "
+        "replaced when the run finishes)",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("validate", help="validate manifests with the same rules the apiserver enforces")
-    p.add_argument("-f", "--filename", type=Path, action="append", required=True, help="file or directory")
+    p.add_argument("-f", "--filename", type=Path, action="append", required=True,
+                   help="file or directory (searched recursively for *.yaml and *.yml); repeatable")  # fmt: skip
     p.set_defaults(func=manifests.validate_command)
 
     dev = sub.add_parser("dev", help="a real local control plane (etcd, apiserver, scheduler, kwok GPU nodes)")
@@ -73,27 +91,38 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lepton.api.kinds import TrainingJob
     from lepton.api.validation import ManifestError, parse
-    from lepton.local.trainingjob import LocalRunError, run
+    from lepton.local import BACKENDS, LocalRunError, RunOptions, run
+
+    def fail(message: object) -> int:
+        print(f"leptonctl run: {message}", file=sys.stderr)
+        return 2
 
     try:
         docs = list(manifests.load_documents(args.filename))
-        resources = [parse(d) for d in docs]
-    except (ManifestError, OSError) as exc:
-        print(f"leptonctl run: {exc}", file=sys.stderr)
-        return 2
-    jobs = [r for r in resources if isinstance(r, TrainingJob)]
-    if len(jobs) != 1 or len(resources) != 1:
-        kinds = ", ".join(r.kind for r in resources) or "nothing"
-        print(f"leptonctl run: expected one TrainingJob (the local backend runs TrainingJobs), found {kinds}",
-              file=sys.stderr)  # fmt: skip
-        return 2
+    except manifests.ManifestReadError as exc:
+        return fail(exc)
+    if len(docs) != 1:
+        kinds = Counter(str(d.get("kind")) for d in docs)
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        return fail(f"expected one resource in {args.filename}, found {len(docs)} ({found})")
     try:
-        return run(jobs[0], args.runs_dir, lambda m: print(m, file=sys.stderr, flush=True), sys.stderr.isatty())
-    except LocalRunError as exc:
-        print(f"leptonctl run: {exc}", file=sys.stderr)
+        resource = parse(docs[0])
+    except ManifestError as exc:
+        return fail(f"{args.filename}: {exc}")
+    backend = BACKENDS.get(resource.kind)
+    if backend is None:
+        print(f"leptonctl run does not run {resource.kind} yet (it runs {', '.join(BACKENDS)}); "
+              "on a cluster: kubectl apply -f", file=sys.stderr)  # fmt: skip
         return 2
+
+    def echo(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        return run(backend(resource), RunOptions(args.runs_dir, echo, tty=sys.stderr.isatty(), fresh=args.fresh))
+    except LocalRunError as exc:
+        return fail(exc)
 
 
 def _dev(args: argparse.Namespace) -> DevCluster:
@@ -125,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DevClusterError as exc:
         print(f"leptonctl: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("leptonctl: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

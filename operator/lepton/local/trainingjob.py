@@ -4,151 +4,138 @@ The manifest is validated by the same models and rendered by the same `render`; 
 command (torchrun) runs as a process with the pod's environment. Only what a machine without a
 cluster cannot have is translated: the rendezvous endpoint (rank 0's DNS name -> 127.0.0.1), the
 metrics ports (one machine, several "pods"), and the image (this Python).
+
+A job whose model is already there (lepton-training.json written, the last checkpoint at the planned
+total) is not trained again: `--fresh` removes its checkpoints, training log and metadata first.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
+import shutil
 import sys
-import time
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lepton.api.contract import TRAINER_CONFIG_ENV
+from lepton.api.contract import TRAINER_CONFIG_ENV, TrainerConfig
 from lepton.api.kinds import TrainingJob
+from lepton.local.backend import LocalBackend, LocalProcess, LocalRunError, free_port
 from lepton.render.trainingjob import RenderSettings, render
 
+__all__ = ["TrainingJobBackend", "free_port"]
 
-class LocalRunError(RuntimeError):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+METADATA = "lepton-training.json"  # written by the trainer last, beside the model
+TRAIN_LOG = "train_log.jsonl"  # the trainer appends one line a step
+COMPLETE = "COMPLETE"  # the trainer's mark of a checkpoint written in full (workloads/trainer/checkpoint.py)
+PORT_STRIDE = 100  # between the metrics ports of two local "pods" (each rank adds its local rank)
 
 
-@dataclass
-class LocalPod:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path
-    metrics_port: int
-    proc: subprocess.Popen[bytes] | None = None
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) and not isinstance(value, bool) else "n/a"
 
 
-def local_pods(job: TrainingJob, run_dir: Path) -> list[LocalPod]:
-    """The rendered pods, translated for this machine (see the module docstring)."""
-    if job.spec.gpus_per_node:
-        raise LocalRunError("gpusPerNode > 0: the local backend runs on CPU; set gpusPerNode: 0 (backend gloo)")
-    if job.spec.model.hub is None and job.spec.model.uri is None:
-        raise LocalRunError("locally, model must be a uri (a local directory) or a hub id")
-    if job.spec.data.uri is None:
-        raise LocalRunError("locally, data must be a uri (a local file or directory)")
-    job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"uid": job.metadata.uid or "local"})})
-    rendezvous = f"127.0.0.1:{free_port()}"
-    base_port = free_port()
-    pods = []
-    for index, pod in enumerate(c for c in render(job, 0, RenderSettings()) if c["kind"] == "Pod"):
-        (container,) = pod["spec"]["containers"]
-        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-        missing = [e["name"] for e in container["env"] if "valueFrom" in e and not os.environ.get(e["name"])]
-        if missing:
-            raise LocalRunError(f"secret-backed env {missing} must be set in your environment to run locally")
-        config = json.loads(env[TRAINER_CONFIG_ENV])
-        port = base_port + index * 100
-        config["metricsPort"] = port
-        env[TRAINER_CONFIG_ENV] = json.dumps(config)
-        env.pop("HOME", None)  # the pod's read-only-root layout; locally the user's own
-        for key in ("HF_HOME", "TRITON_CACHE_DIR"):
-            env[key] = str(run_dir / "cache" / key.lower())
-        argv = [a if not a.startswith("--rdzv-endpoint=") else f"--rdzv-endpoint={rendezvous}" for a in
-                container["command"]]  # fmt: skip
-        argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]  # the image's torchrun
-        pods.append(LocalPod(pod["metadata"]["name"], argv, env, run_dir / f"{pod['metadata']['name']}.log", port))
-    return pods
+class TrainingJobBackend(LocalBackend[TrainingJob]):
+    kind = "TrainingJob"
+
+    def __init__(self, job: TrainingJob) -> None:
+        spec = job.spec
+        if spec.gpus_per_node:
+            raise LocalRunError("gpusPerNode > 0: the local backend runs on CPU; set gpusPerNode: 0 (backend gloo)")
+        if spec.model.hub is None and spec.model.uri is None:
+            raise LocalRunError("locally, model must be a uri (a local directory) or a hub id")
+        if spec.data.uri is None:
+            raise LocalRunError("locally, data must be a uri (a local file or directory)")
+        if spec.suspend:
+            raise LocalRunError("spec.suspend is true: a suspended TrainingJob runs no pod")
+        super().__init__(job.model_copy(update={"metadata": job.metadata.model_copy(
+            update={"uid": job.metadata.uid or "local"})}))  # fmt: skip
+        self.pods = [c for c in render(self.resource, 0, RenderSettings()) if c["kind"] == "Pod"]
+        (container,) = self.pods[0]["spec"]["containers"]
+        self.config = TrainerConfig.model_validate_json(_env(container)[TRAINER_CONFIG_ENV])
+        self.output, self.checkpoints = Path(self.config.output_dir), Path(self.config.checkpoint_dir)
+
+    def processes(self, run_dir: Path) -> list[LocalProcess]:
+        rendezvous, base_port = f"127.0.0.1:{free_port()}", free_port()
+        out = []
+        for index, pod in enumerate(self.pods):
+            (container,) = pod["spec"]["containers"]
+            env = _env(container)
+            missing = [e["name"] for e in container["env"] if "valueFrom" in e and not os.environ.get(e["name"])]
+            if missing:
+                raise LocalRunError(f"secret-backed env {missing} must be set in your environment to run locally")
+            port = base_port + index * PORT_STRIDE
+            config = json.loads(env[TRAINER_CONFIG_ENV]) | {"metricsPort": port}
+            env[TRAINER_CONFIG_ENV] = json.dumps(config)
+            env.pop("HOME", None)  # the pod's read-only-root layout; locally the user's own
+            for key in ("HF_HOME", "TRITON_CACHE_DIR"):
+                env[key] = str(run_dir / "cache" / key.lower())
+            argv = [f"--rdzv-endpoint={rendezvous}" if a.startswith("--rdzv-endpoint=") else a
+                    for a in container["command"][1:]]  # fmt: skip
+            argv = [sys.executable, "-m", "torch.distributed.run", *argv]  # the image's torchrun
+            name = pod["metadata"]["name"]
+            out.append(LocalProcess(name, argv, env, run_dir / f"{name}.log", port))
+        return out
+
+    def starting(self, processes: list[LocalProcess]) -> str:
+        procs = self.resource.spec.procs_per_node or 1
+        return f"starting {len(processes)} node(s) x {procs} process(es), gloo on CPU"
+
+    def _metadata(self) -> dict[str, Any] | None:
+        try:
+            meta = json.loads((self.output / METADATA).read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("job") == self.config.job else None
+
+    def _last_checkpoint(self) -> tuple[int, Path] | None:
+        done = []
+        for path in self.checkpoints.glob("step-*") if self.checkpoints.is_dir() else []:
+            number = path.name.removeprefix("step-")
+            if number.isdigit() and (path / COMPLETE).exists():
+                done.append((int(number), path))
+        return max(done, default=None)
+
+    def finished(self) -> str | None:
+        if self.config.resume != "latest":
+            return None  # every run starts from step 0
+        meta, last = self._metadata(), self._last_checkpoint()
+        if meta is None or last is None:
+            return None
+        planned = meta.get("total_steps", meta.get("steps"))
+        if last[0] != planned or meta.get("steps") != planned:
+            return None
+        changed = [key for key, now in (("hyperparameters", self.config.hyperparameters.to_wire()),
+                                        ("data", self.config.data.to_wire()),
+                                        ("source_model", self.config.model_path)) if meta.get(key) != now]  # fmt: skip
+        note = f" (trained with other {' and '.join(changed)} than this manifest's)" if changed else ""
+        return (f"{self.resource.metadata.name} already finished: {planned} of {planned} steps; model in "
+                f"{self.output} (final loss {_number(meta.get('final_loss'))}){note}. "
+                "Run with --fresh to train it again.")  # fmt: skip
+
+    def start_afresh(self) -> list[str]:
+        removed = []
+        if self.checkpoints.is_dir():
+            for path in sorted(self.checkpoints.glob("step-*")) + sorted(self.checkpoints.glob(".tmp-step-*")):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(str(path))
+        for path in (self.output / METADATA, self.output / TRAIN_LOG):
+            if path.is_file():
+                path.unlink()
+                removed.append(str(path))
+        return removed
+
+    def interrupted(self) -> str:
+        last = self._last_checkpoint()
+        if last is None:
+            return "interrupted before the first checkpoint: the same command starts again from step 0"
+        return f"interrupted: checkpoint of step {last[0]} in {last[1]}; run the same command again to resume"
+
+    def succeeded(self, run_dir: Path) -> str:
+        meta = self._metadata() or {}
+        return (f"succeeded: model in {self.output} (final loss {_number(meta.get('final_loss'))}, "
+                f"eval loss {_number(meta.get('eval_loss'))}); logs in {run_dir}")  # fmt: skip
 
 
-def read_progress(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress", timeout=1) as rsp:
-            return dict(json.loads(rsp.read()))
-    except (OSError, ValueError):
-        return None
-
-
-def bar(progress: dict[str, Any] | None, width: int = 30) -> str:
-    if not progress or not progress.get("totalSteps"):
-        return "starting…"
-    step, total = int(progress.get("step", 0)), int(progress["totalSteps"])
-    done = int(width * step / max(total, 1))
-    parts = [f"[{'#' * done}{'.' * (width - done)}] step {step}/{total}"]
-    if "loss" in progress:
-        parts.append(f"loss {float(progress['loss']):.4f}")
-    if "samplesPerSecond" in progress:
-        parts.append(f"{float(progress['samplesPerSecond']):.1f} samples/s")
-    if "etaSeconds" in progress:
-        parts.append(f"ETA {int(progress['etaSeconds'])}s")
-    return "  ".join(parts)
-
-
-def run(job: TrainingJob, runs_root: Path, echo: Callable[[str], None], tty: bool) -> int:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_root / f"{job.metadata.name}-{stamp}"
-    run_dir.mkdir(parents=True)
-    pods = local_pods(job, run_dir)
-    (run_dir / "trainingjob.json").write_text(json.dumps(job.to_wire(), indent=2))
-    echo(f"run directory: {run_dir}")
-    echo(f"starting {len(pods)} node(s) x {job.spec.procs_per_node or 1} process(es), gloo on CPU")
-    for pod in pods:
-        fh = pod.log.open("wb")
-        pod.proc = subprocess.Popen(pod.argv, env={**os.environ, **pod.env}, stdout=fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # fmt: skip
-    last = ""
-    try:
-        while any(p.proc is not None and p.proc.poll() is None for p in pods):
-            progress = read_progress(pods[0].metrics_port)
-            if progress is None and last:
-                time.sleep(0.5)  # between the last step and exit the endpoint is gone
-                continue
-            line = bar(progress)
-            if tty:
-                sys.stderr.write("\r" + line.ljust(len(last)))
-                sys.stderr.flush()
-            elif line != last and line.count("#") != last.count("#"):
-                echo(line)
-            last = line
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        for p in pods:
-            if p.proc is not None and p.proc.poll() is None:
-                p.proc.terminate()  # the trainer checkpoints on SIGTERM; run again to resume
-        for p in pods:
-            if p.proc is not None:
-                p.proc.wait()
-        echo("\ninterrupted: a checkpoint was saved; run the same command again to resume")
-        return 130
-    if tty:
-        sys.stderr.write("\n")
-    codes = {p.name: p.proc.returncode if p.proc else -1 for p in pods}
-    failed = {n: c for n, c in codes.items() if c != 0}
-    if failed:
-        first = min(failed)
-        tail = (run_dir / f"{first}.log").read_text()[-3000:]
-        echo(f"failed: {failed}; last lines of {first}.log:\n{tail}")
-        return 1
-    output = json.loads(pods[0].env[TRAINER_CONFIG_ENV])["outputDir"]
-    meta = Path(output) / "lepton-training.json"
-    summary = json.loads(meta.read_text()) if meta.exists() else {}
-    echo(f"succeeded: model in {output} (final loss {summary.get('final_loss', float('nan')):.4f}, "
-         f"eval loss {summary.get('eval_loss') or float('nan'):.4f}); logs in {run_dir}")  # fmt: skip
-    return 0
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
