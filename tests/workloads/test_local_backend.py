@@ -1,18 +1,28 @@
 """`leptonctl run -f`: the quickstart manifest, validated and rendered as on a cluster, trained by
-local torchrun processes, with a run directory, logs and the final model."""
+local torchrun processes, with a run directory, logs and the final model; run again it says it is done,
+`--fresh` trains it anew, Ctrl-C checkpoints and the same command resumes."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import EXAMPLES, ROOT
+from tests.workloads.conftest import finish, lose_node, torchrun, trainer_config, wait_for
 
 QUICKSTART = EXAMPLES / "quickstart" / "trainingjob.yaml"
+
+
+# leptonctl with Ctrl-C armed even where this test runs with SIGINT ignored (a background job of a script).
+CTRL_C_ARMED = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "from lepton.cli.main import main; sys.exit(main(sys.argv[1:]))")  # fmt: skip
 
 
 def leptonctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -20,19 +30,82 @@ def leptonctl(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600, check=False)  # fmt: skip
 
 
-def test_quickstart_trains_a_model_locally(tmp_path: Path) -> None:
+def quickstart(tmp_path: Path, **spec: Any) -> Path:
+    """The quickstart manifest with its model written under tmp_path (and `spec` merged in)."""
     doc = yaml.safe_load(QUICKSTART.read_text())
     doc["spec"]["output"]["uri"] = str(tmp_path / "model")
+    doc["spec"] |= spec
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(doc))
-    proc = leptonctl("run", "-f", str(manifest), "--runs-dir", str(tmp_path / "runs"))
+    return manifest
+
+
+def rank0_log(runs: Path) -> str:
+    return (sorted(runs.iterdir())[-1] / "quickstart-0-0.log").read_text()
+
+
+def test_quickstart_trains_then_is_done_then_fresh_interrupted_and_resumed(tmp_path: Path) -> None:
+    # Checkpoints every 2 steps (the quickstart says 10): the interrupt below lands early in the run,
+    # so the run cannot finish before the SIGTERM reaches the trainer, however slow this machine is.
+    manifest = quickstart(tmp_path, checkpoint={"everySteps": 2})
+    runs, model = tmp_path / "runs", tmp_path / "model"
+    run = ["run", "-f", str(manifest), "--runs-dir", str(runs)]
+
+    proc = leptonctl(*run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "succeeded: model in" in proc.stderr and "/44  loss" in proc.stderr  # the progress bar
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = runs.iterdir()
     assert {p.name for p in run_dir.glob("*.log")} == {"quickstart-0-0.log", "quickstart-0-1.log"}
-    meta = json.loads((tmp_path / "model" / "lepton-training.json").read_text())
-    assert meta["world_size"] == 2 and meta["final_loss"] < 4.0
-    assert (tmp_path / "model" / "model.safetensors").exists()
+    first = json.loads((model / "lepton-training.json").read_text())
+    assert first["world_size"] == 2 and first["final_loss"] < 4.0
+    assert first["steps"] == first["total_steps"] == 44
+    assert (model / "model.safetensors").exists()
+
+    # The README's first command, a second time: done already, nothing started, where the model is.
+    proc = leptonctl(*run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"quickstart already finished: 44 of 44 steps; model in {model}" in proc.stderr
+    assert "--fresh" in proc.stderr and len(list(runs.iterdir())) == 1
+
+    # --fresh forgets the earlier run; a SIGINT (Ctrl-C) after its first checkpoint stops it after one more.
+    interrupted = subprocess.Popen([sys.executable, "-c", CTRL_C_ARMED, *run, "--fresh"], cwd=ROOT,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for((model / "checkpoints" / "step-00000002" / "COMPLETE").exists, 300, "a checkpoint")
+        interrupted.send_signal(signal.SIGINT)
+        _, stderr = interrupted.communicate(timeout=300)
+    finally:
+        if interrupted.poll() is None:
+            lose_node(interrupted)
+    assert interrupted.returncode == 130, stderr[-3000:]
+    assert "--fresh: removed" in stderr and "step-00000044" in stderr and "lepton-training.json" in stderr
+    assert "interrupted: checkpoint of step" in stderr and "run the same command again to resume" in stderr
+    assert not (model / "lepton-training.json").exists()
+    stopped = max(int(p.name.split("-")[1]) for p in (model / "checkpoints").glob("step-*"))
+    assert 2 < stopped < 44
+    assert "resumed" not in rank0_log(runs)  # started afresh, not from the earlier run's step 44
+
+    # The same command resumes from there and ends where the uninterrupted run ended.
+    proc = leptonctl(*run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from step-{stopped:08d} at step {stopped}" in rank0_log(runs)
+    resumed = json.loads((model / "lepton-training.json").read_text())
+    assert resumed["steps"] == 44 and resumed["final_loss"] == pytest.approx(first["final_loss"], rel=1e-4)
+    assert len(list(runs.iterdir())) == 3
+
+
+def test_a_failing_workload_says_its_own_error_first(tmp_path: Path) -> None:
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"text": f"ticket {i}"}) + "\n" for i in range(3)))
+    manifest = quickstart(tmp_path, data={"uri": str(data)})
+    proc = leptonctl("run", "-f", str(manifest), "--runs-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    failed = next(i for i, line in enumerate(lines) if line.startswith("failed: "))
+    assert lines[failed].startswith("failed: quickstart-0-")
+    assert "[trainer] error:" in lines[failed] and "training rows are fewer than one step needs" in lines[failed]
+    assert lines[failed + 1].strip().startswith("full log: ") and ".log (exit code 1)" in lines[failed + 1]
+    assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_run_rejects_what_cannot_run_here(tmp_path: Path) -> None:
@@ -45,4 +118,25 @@ def test_run_rejects_what_cannot_run_here(tmp_path: Path) -> None:
     proc = leptonctl("run", "-f", str(EXAMPLES / "invalid" / "trainingjob-zero-nodes.yaml"))
     assert proc.returncode == 2 and "spec.nodes in body should be greater than or equal to 1" in proc.stderr
     proc = leptonctl("run", "-f", str(EXAMPLES / "dataset.yaml"))
-    assert proc.returncode == 2 and "expected one TrainingJob" in proc.stderr
+    assert proc.returncode == 2 and "leptonctl run does not run Dataset yet" in proc.stderr
+
+
+def test_the_trainer_resumed_at_its_last_step_exits_0(tiny_model: Path, tmp_path: Path) -> None:
+    """What `leptonctl run` did on a second run before it knew a job was done; still what a pod
+    restarted after its last checkpoint does on a cluster. (DDP; FSDP takes the same path.)"""
+    run = tmp_path / "run"
+    config = trainer_config(tiny_model, run, maxSteps=10)
+    meta_file = run / "out" / "lepton-training.json"
+    assert finish(torchrun(config, run), run) == 0, (run / "torchrun.log").read_text()[-3000:]
+    first = json.loads(meta_file.read_text())
+    assert first["steps"] == first["total_steps"] == 10
+
+    meta_file.unlink()  # stopped between the last checkpoint and the export: the model is written again
+    assert finish(torchrun(config, run), run) == 0, (run / "torchrun.log").read_text()[-3000:]
+    again = json.loads(meta_file.read_text())
+    assert again["steps"] == 10 and again["final_loss"] == first["final_loss"]  # the checkpoint keeps the loss
+    assert again["eval_loss"] == pytest.approx(first["eval_loss"], rel=1e-5)
+
+    assert finish(torchrun(config, run), run) == 0, (run / "torchrun.log").read_text()[-3000:]
+    assert "nothing to train: resumed at the last step (10 of 10)" in (run / "torchrun.log").read_text()
+    assert json.loads(meta_file.read_text()) == again  # kept as it was
