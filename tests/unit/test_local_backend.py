@@ -107,6 +107,13 @@ def test_a_run_that_succeeds(tmp_path: Path) -> None:
     assert (run_dir / "p0.log").read_text() == "hi\n"
 
 
+def test_what_cannot_start_leaves_no_run_directory(tmp_path: Path) -> None:
+    assert isinstance(DATASET, Dataset)
+    with pytest.raises(LocalRunError, match="has nothing to run"):
+        _run(StandIn(DATASET), tmp_path)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
 def test_a_failure_says_the_workloads_error_then_where_the_log_is(tmp_path: Path) -> None:
     assert isinstance(DATASET, Dataset)
     # The peer that lost its connection ends first; the culprit's own error is still the one said.

@@ -120,9 +120,13 @@ def run(backend: LocalBackend[Any], options: RunOptions) -> int:
             echo(done)
             return 0
     run_dir = _run_dir(options.runs_root, backend.resource.metadata.name)
-    processes = backend.processes(run_dir)
-    if not processes:
-        raise LocalRunError(f"{backend.kind} {backend.resource.metadata.name!r} has nothing to run")
+    try:
+        processes = backend.processes(run_dir)
+        if not processes:
+            raise LocalRunError(f"{backend.kind} {backend.resource.metadata.name!r} has nothing to run")
+    except LocalRunError:
+        run_dir.rmdir()  # nothing was run: leave no run directory behind
+        raise
     (run_dir / f"{backend.kind.lower()}.json").write_text(json.dumps(backend.resource.to_wire(), indent=2))
     echo(f"run directory: {run_dir}")
     echo(backend.starting(processes))
