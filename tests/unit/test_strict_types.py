@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lepton.api.validation import ManifestError, parse
+from lepton.api.validation import ManifestError, ManifestLoader, parse
 from tests.conftest import EXAMPLES
 
 JOB = yaml.safe_load((EXAMPLES / "trainingjob.yaml").read_text())
@@ -162,3 +162,33 @@ def test_code_still_builds_models_by_field_name() -> None:
         "path": "",
         "readOnly": True,
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [  # what kubectl's YAML library (go-yaml v2, through sigs.k8s.io/yaml) makes of a plain scalar
+        ("1e-4", 1e-4),  # PyYAML: the string "1e-4", which strict types would reject
+        ("1e30", 1e30),
+        ("-.5", -0.5),
+        ("0o17", 15),
+        ("0777", 511),
+        ("1_000", 1000),
+        ("1:30", "1:30"),  # PyYAML: 90 (YAML 1.1 sexagesimal)
+        ("2024-01-01", "2024-01-01"),  # PyYAML: a date
+        ("y", True),
+        ("'y'", "y"),
+        ('"1e-4"', "1e-4"),
+        ("~", None),
+        ("Infinity", "Infinity"),
+        ("18446744073709551615", 2**64 - 1),
+        ("99999999999999999999", 1e20),
+    ],
+)
+def test_yaml_is_read_as_kubectl_reads_it(text: str, value: Any) -> None:
+    assert yaml.load(f"v: {text}", Loader=ManifestLoader) == {"v": value}
+
+
+def test_a_learning_rate_in_e_notation_is_valid_yaml() -> None:
+    text = (EXAMPLES / "trainingjob.yaml").read_text().replace("learningRate: 0.0003", "learningRate: 3e-4")
+    resource = parse(yaml.load(text, Loader=ManifestLoader))
+    assert resource.spec.hyperparameters.learning_rate == 3e-4  # type: ignore[union-attr]

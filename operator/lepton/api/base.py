@@ -4,6 +4,9 @@ A `Rule` carries a CEL expression (emitted into the CRD as `x-kubernetes-validat
 apiserver enforces it) and the same predicate in Python (run by pydantic, so the local backend
 rejects the same manifests with the same message). Transition rules, which compare with the stored
 object (`oldSelf`), exist only on the apiserver: a manifest on its own has no old version.
+
+It also says how the apiserver sees a value that a Go client (kubectl) sent it: its JSON type, an
+integral float as an integer, and how Go prints it (%v, %q) in an error message.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, GetJsonSchemaHandler, model_validator
@@ -55,6 +59,69 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+def go_float(value: float) -> str:
+    """A float64 as Go's %v prints it (strconv 'g', shortest digits): 1e+06, 123456.5, 5e-08."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits)).rstrip("0") or "0"
+    point = len(digits) + exponent  # digits before the decimal point
+    exp = point - 1
+    minus = "-" if sign else ""
+    if value == 0:
+        return minus + "0"
+    if exp < -4 or exp >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if point <= 0:
+        return f"{minus}0.{'0' * -point}{text}"
+    if point >= len(text):
+        return minus + text + "0" * (point - len(text))
+    return f"{minus}{text[:point]}.{text[point:]}"
+
+
+_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def go_quote(text: str) -> str:
+    """A string as Go's %q (strconv.Quote) prints it: printable characters as they are."""
+    out = ['"']
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch.isprintable():  # Go's unicode.IsPrint: letters, marks, numbers, punctuation, symbols, ' '
+            out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def go_value(value: Any) -> str:
+    """A value as the apiserver prints it in 'Invalid value: …' (what a Go client sent for it)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if INT64_MIN <= value <= INT64_MAX else go_float(float(value))
+    if isinstance(value, float):
+        as_int = wire_int(value)
+        return str(as_int) if as_int is not None else go_float(value)
+    if isinstance(value, str):
+        return go_quote(value)
+    return go_quote(json_type(value))
+
+
 def type_error(expected: str, value: Any) -> PydanticCustomError:
     """A JSON type mismatch, worded by lepton.api.validation as the apiserver words it."""
     return PydanticCustomError(
@@ -62,10 +129,26 @@ def type_error(expected: str, value: Any) -> PydanticCustomError:
     )
 
 
+def _near_integer(value: float) -> bool:
+    """go-openapi's conv.IsFloat64AJSONInteger: within 2^53 and a relative 1e-9 of an integer, a float
+    passes the apiserver's type check for an integer (and then fails its int64 format check)."""
+    limit = float(2**53 - 1)
+    if not math.isfinite(value) or not -limit <= value <= limit:
+        return False
+    rounded = float(math.trunc(value))  # Go's math.Round: half away from zero
+    if abs(value - rounded) >= 0.5:
+        rounded += math.copysign(1.0, value)
+    if value == rounded:
+        return True
+    return rounded != 0 and abs(value - rounded) < 1e-9 * abs(rounded)
+
+
 def _integer(value: Any) -> Any:
     """An integer as the apiserver accepts one: no bools, no strings, no fractions, within int64;
     an integral float (2.0) counts, because a Go client sends it as 2."""
     if json_type(value) != "integer":
+        if isinstance(value, float) and _near_integer(value):
+            raise PydanticCustomError("int_format", "Checked value must be of type integer (default format)")
         raise type_error("integer", value)
     return value if isinstance(value, int) else wire_int(value)
 

@@ -23,14 +23,14 @@ import datetime
 import math
 import re
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 from functools import cache
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from lepton.api.base import INT64_MAX, INT64_MIN, RULE_SEPARATOR, json_type, wire_int
+from lepton.api.base import INT64_MIN, RULE_SEPARATOR, go_float, go_quote, go_value, json_type
 from lepton.api.crd import crd_for
 from lepton.api.kinds import API_VERSION, KINDS, OBJECT_META_FIELDS, KindInfo, Resource
 
@@ -44,74 +44,11 @@ class ManifestError(ValueError):
         super().__init__(f"{where} is invalid:\n" + "\n".join(f"  * {p}" for p in problems))
 
 
-# --- Go's formatting of values -------------------------------------------------------------------
-
-
-def go_float(value: float) -> str:
-    """A float64 as Go's %v prints it (strconv 'g', shortest digits): 1e+06, 123456.5, 5e-08."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
-    assert isinstance(exponent, int)
-    text = "".join(map(str, digits)).rstrip("0") or "0"
-    point = len(digits) + exponent  # digits before the decimal point
-    exp = point - 1
-    minus = "-" if sign else ""
-    if value == 0:
-        return minus + "0"
-    if exp < -4 or exp >= 6:
-        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
-        return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
-    if point <= 0:
-        return f"{minus}0.{'0' * -point}{text}"
-    if point >= len(text):
-        return minus + text + "0" * (point - len(text))
-    return f"{minus}{text[:point]}.{text[point:]}"
-
-
-_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-
-
-def go_quote(text: str) -> str:
-    """A string as Go's %q (strconv.Quote) prints it: printable characters as they are."""
-    out = ['"']
-    for ch in text:
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch.isprintable():  # Go's unicode.IsPrint: letters, marks, numbers, punctuation, symbols, ' '
-            out.append(ch)
-        elif ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x80:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    out.append('"')
-    return "".join(out)
-
-
-def go_value(value: Any) -> str:
-    """A value as the apiserver prints it in 'Invalid value: …' (what a Go client sent for it)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value) if INT64_MIN <= value <= INT64_MAX else go_float(float(value))
-    if isinstance(value, float):
-        as_int = wire_int(value)
-        return str(as_int) if as_int is not None else go_float(value)
-    if isinstance(value, str):
-        return go_quote(value)
-    return go_quote(json_type(value))
-
-
-def _bound(value: Any) -> str:
-    return go_float(value) if isinstance(value, float) else str(value)
+def _bound(bound: float, given: Any) -> str:
+    """A schema bound as the apiserver prints it: as an integer when the value it checked is one."""
+    if json_type(given) == "integer" and float(bound).is_integer():
+        return str(int(bound))
+    return go_float(float(bound))
 
 
 # --- step 1: decoding ------------------------------------------------------------------------------
@@ -193,7 +130,7 @@ def _decoding_problems(doc: Mapping[str, Any], root: Mapping[str, Any]) -> list[
             _unknown(value, properties[key], key, found)
         else:
             found.append(key)
-    return [f"unknown field {go_quote(path)}" for path in found]
+    return [f'unknown field "{path}"' for path in found]  # quoted as it is, not escaped
 
 
 # --- step 2: defaulting ----------------------------------------------------------------------------
@@ -229,6 +166,71 @@ def _key(key: Any) -> str:
     if isinstance(key, bool):
         return "true" if key else "false"
     return "null" if key is None else str(key)
+
+
+# --- YAML as kubectl reads it ---------------------------------------------------------------------
+
+_GO_BOOLS = {
+    **dict.fromkeys(["y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"], True),
+    **dict.fromkeys(["n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"], False),
+}
+_GO_SPECIAL: dict[str, Any] = {
+    **dict.fromkeys(["", "~", "null", "Null", "NULL"], None),
+    **dict.fromkeys([".nan", ".NaN", ".NAN"], math.nan),
+    **dict.fromkeys([".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"], math.inf),
+    **dict.fromkeys(["-.inf", "-.Inf", "-.INF"], -math.inf),
+}
+_GO_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+_GO_INT = re.compile(r"([-+]?)(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)")
+_GO_TAG = "tag:lepton.ai,2025:go-yaml-plain"
+
+
+def _go_plain(text: str) -> Any:
+    """A plain YAML scalar as go-yaml v2 resolves it (sigs.k8s.io/yaml, which kubectl uses): `1e-4`
+    is a float, `y` a bool, `1:30` and `2024-01-01` strings (PyYAML reads these three differently)."""
+    if text in _GO_SPECIAL:
+        return _GO_SPECIAL[text]
+    if text in _GO_BOOLS:
+        return _GO_BOOLS[text]
+    if text[0] == ".":
+        return float(text) if _GO_FLOAT.fullmatch(text) else text
+    if text[0] not in "+-0123456789":
+        return text
+    plain = text.replace("_", "")
+    match = _GO_INT.fullmatch(plain)
+    if match:
+        sign, digits = match.groups()
+        base, body = 10, digits
+        if len(digits) > 1 and digits[0] == "0":  # Go's ParseInt(…, 0, 64): 0x, 0o, 0b, or a leading 0: octal
+            prefixed = digits[1].lower() in "xob"
+            base = {"x": 16, "o": 8, "b": 2}[digits[1].lower()] if prefixed else 8
+            body = digits[2:] if prefixed else digits[1:]
+        number = int(body, base) * (-1 if sign == "-" else 1)
+        if INT64_MIN <= number <= 2**64 - 1:  # int64, or uint64
+            return number
+    if _GO_FLOAT.fullmatch(plain):
+        return float(plain)
+    return text
+
+
+class ManifestLoader(yaml.SafeLoader):
+    """PyYAML reading plain scalars as kubectl does, so a manifest means the same to both: use
+    `yaml.load_all(stream, Loader=ManifestLoader)` where `yaml.safe_load_all` would read it."""
+
+
+ManifestLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag.rsplit(":", 1)[-1] in ("merge", "value")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ManifestLoader.add_implicit_resolver(_GO_TAG, re.compile(r"(?s).*"), [*"+-.0123456789yYnNtTfFoO~", ""])
+
+
+def _construct_plain(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    assert isinstance(node, yaml.ScalarNode)
+    return _go_plain(str(loader.construct_scalar(node)))
+
+
+ManifestLoader.add_constructor(_GO_TAG, _construct_plain)
 
 
 # --- steps 3 and 4: the schema and the rules ------------------------------------------------------
@@ -282,7 +284,7 @@ def describe(error: ErrorDetails) -> list[str]:
     if kind == "missing":
         return [f"{path}: Required value"]
     if kind == "extra_forbidden":
-        return [f"unknown field {go_quote(path)}"]
+        return [f'unknown field "{path}"']
     if kind == "literal_error" and not isinstance(given, str):
         kind, ctx = "json_type", {"expected": "string", "actual": json_type(given)}
     if kind in _TYPE_ERRORS:
@@ -293,6 +295,8 @@ def describe(error: ErrorDetails) -> list[str]:
     if kind == "literal_error":
         supported = ", ".join(f'"{a}"' for a in re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
         return [f"{path}: Unsupported value: {go_value(given)}: supported values: {supported}"]
+    if kind == "int_format":  # a float a hair from an integer: not a type error for the apiserver
+        return [f"{error['msg']} in {path}"]
     if kind == "finite_number":
         return [f"{path}: Invalid value: {go_value(given)}: must be a finite number (JSON has no .inf or .nan)"]
     if kind == "string_too_long":
@@ -301,7 +305,7 @@ def describe(error: ErrorDetails) -> list[str]:
         return [f"{path}: Too many: {len(given)}: must have at most {ctx['max_length']} items"]
     if kind in _BOUNDS:
         words, key = _BOUNDS[kind]
-        detail = f"{words} {_bound(ctx[key])}"
+        detail = f"{words} {_bound(ctx[key], given)}"
     elif kind == "string_pattern_mismatch":
         detail = f"should match '{ctx['pattern']}'"
     elif kind == "string_too_short":
@@ -349,6 +353,10 @@ def parse(doc: Mapping[str, Any]) -> Resource:
     if problems:
         raise ManifestError(where, problems)
     wire = _without_nulls(wire, root)
+    meta = wire.get("metadata")
+    for key in ("labels", "annotations"):  # Go decodes a null value of a map[string]string as ""
+        if isinstance(meta, dict) and isinstance(meta.get(key), dict):
+            meta[key] = {k: "" if v is None else v for k, v in meta[key].items()}
     wire.setdefault("metadata", {})  # the apiserver then asks for a name, not for metadata
     try:
         return _validate(info, wire)
