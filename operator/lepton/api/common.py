@@ -99,8 +99,8 @@ class HubModel(ApiModel):
 
 
 class ModelSource(ApiModel):
-    """Where a model comes from: exactly one of a hub id, a URI, a PVC path, or the output of another
-    resource (a TrainingJob's final model, a TuningStudy's best trial)."""
+    """Where a model comes from: exactly one of a hub id, a local path, a PVC path, or the output of
+    another resource (a TrainingJob's final model, a TuningStudy's best trial)."""
 
     rules = (
         exactly_one("hub", "uri", "pvc", "trainingJob", "tuningStudy", where="model source"),
@@ -165,7 +165,9 @@ class Resources(ApiModel):
         default_factory=dict, description="Minimum resources, e.g. {cpu: '4', memory: 32Gi} (quantities, from 0)."
     )
     limits: dict[str, Quantity] = Field(
-        default_factory=dict, description="Maximum resources, e.g. {memory: 64Gi}. Limits ≥ requests."
+        default_factory=dict,
+        description="Maximum resources, e.g. {memory: 64Gi}. Each limit must be at least its request "
+        "(Kubernetes rejects the pods otherwise).",
     )
 
 
