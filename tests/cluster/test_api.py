@@ -62,7 +62,7 @@ def test_invalid_example_is_rejected_with_its_message(kube: Kube, namespace: str
     [
         ("task", "sequence-classification", "task is immutable"),
         ("gpusPerNode", 4, "gpusPerNode is immutable"),
-        ("model", {"uri": "s3://bucket/other-model"}, "model is immutable"),
+        ("model", {"uri": "/models/other-model"}, "model is immutable"),
     ],
 )
 def test_fields_that_must_not_change_mid_run_are_immutable(

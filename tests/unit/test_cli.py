@@ -158,3 +158,11 @@ def test_run_says_what_is_invalid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "-f", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"leptonctl run: {target}: TrainingJob ") and "Traceback" not in err
+
+
+def test_yaml_numbers_read_as_kubectl_reads_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """PyYAML reads `1e-4` (no dot) as a string; kubectl reads it as a number, and so does leptonctl."""
+    doc = yaml.safe_load((EXAMPLES / "quickstart" / "trainingjob.yaml").read_text())
+    doc["spec"]["hyperparameters"]["learningRate"] = "LR"
+    (tmp_path / "lr.yaml").write_text(yaml.safe_dump(doc).replace("LR", "1e-4"))
+    assert main(["validate", "-f", str(tmp_path / "lr.yaml")]) == 0, capsys.readouterr().err

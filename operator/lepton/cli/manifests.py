@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from lepton.api.validation import ManifestError, parse
+from lepton.api.validation import ManifestError, ManifestLoader, parse
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -56,7 +56,7 @@ def read_documents(path: Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError as exc:
         raise ManifestReadError(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
     try:
-        loaded = list(yaml.safe_load_all(text))
+        loaded = list(yaml.load_all(text, Loader=ManifestLoader))  # YAML scalars read as kubectl reads them
     except yaml.YAMLError as exc:
         sep = ":" if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None else ": "
         raise ManifestReadError(f"{path}{sep}{_yaml_problem(exc)}") from None
