@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from lepton.api.base import ApiModel
+from lepton.api.inferenceservice import ALL_PROTOCOLS, Protocol, ServeTask
 from lepton.api.trainingjob import DistillationSpec, Hyperparameters, Task
 
 TRAINER_CONFIG_ENV = "LEPTON_TRAINER_CONFIG"
@@ -91,3 +92,35 @@ class ProgressReport(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+SERVER_CONFIG_ENV = "LEPTON_SERVER_CONFIG"
+SERVER_PORT = 8080
+
+
+class ServerConfig(ApiModel):
+    """Everything one model server process needs (`python -m lepton.workloads.server`), as one JSON
+    document in $LEPTON_SERVER_CONFIG. The operator and the local backend build it from the
+    InferenceService; the server never reads the resource itself."""
+
+    name: str = Field(description="Model name in the routes (/v2/models/{name}, OpenAI 'model').")
+    task: ServeTask = Field(description="causal-lm, sequence-classification or embeddings.")
+    model_path: str = Field(description="Model directory (save_pretrained layout), read-only.")
+    role: Literal["primary", "canary"] = Field(default="primary", description="Told in the X-Lepton-Role header.")
+    port: int = Field(default=SERVER_PORT, ge=0, le=65535, description="HTTP port (0: any free port).")
+    host: str = Field(default="0.0.0.0", description="Address to bind.")
+    protocols: list[Protocol] = Field(default=list(ALL_PROTOCOLS), description="Route families served.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when available.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(default="auto", description="Precision.")
+    max_batch_size: int = Field(default=8, ge=1, description="Most requests in one forward pass.")
+    max_batch_delay_ms: int = Field(default=5, ge=0, description="Longest wait for a batch to fill.")
+    max_batch_tokens: int = Field(default=8192, ge=1, description="Most tokens per batch, padding included.")
+    max_input_tokens: int = Field(default=1024, ge=1, description="Longest input in tokens.")
+    max_output_tokens: int = Field(default=256, ge=1, description="Most generated tokens per request.")
+    request_timeout_seconds: float = Field(default=30, gt=0, description="Deadline of one request.")
+    max_queue_length: int = Field(default=256, ge=1, description="Queued requests beyond this get 429.")
+    max_request_bytes: int = Field(default=1048576, ge=1024, description="Larger bodies get 413.")
+    drain_seconds: float = Field(default=30, ge=0, description="On SIGTERM: time in-flight requests get.")
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="Lineage shown on GET /v2/models/{name} (e.g. the source TrainingJob)."
+    )

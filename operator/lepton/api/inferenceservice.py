@@ -1,4 +1,5 @@
-"""InferenceService: an autoscaled model server with dynamic batching and canary rollout."""
+"""InferenceService: a model server that is Ready only once its model is loaded, batches requests
+dynamically, autoscales, and splits traffic to a canary for real."""
 
 from __future__ import annotations
 
@@ -8,42 +9,76 @@ from pydantic import Field
 
 from lepton.api.base import ApiModel, Int, Rule, ordered
 from lepton.api.common import CommonStatus, EnvVar, ModelSource, Resources, Scheduling
-from lepton.api.trainingjob import Task
+
+ServeTask = Literal["causal-lm", "sequence-classification", "embeddings"]
+Protocol = Literal["v2", "openai"]
+ALL_PROTOCOLS: tuple[Protocol, ...] = ("v2", "openai")
+TrafficMode = Literal["gateway-api", "replicas"]
 
 
 class Autoscaling(ApiModel):
     rules = (ordered("minReplicas", "maxReplicas", where="autoscaling"),)
 
-    min_replicas: Int = Field(default=1, ge=0, le=10000, description="Fewest replicas; 0 allows scale to zero.")
+    min_replicas: Int = Field(default=1, ge=1, le=10000, description="Fewest replicas (scale to zero is not supported yet).")
     max_replicas: Int = Field(default=1, ge=1, le=10000, description="Most replicas.")
     metric: Literal["concurrency", "rps", "cpu"] = Field(
-        default="concurrency", description="Scaling signal: in-flight requests, requests/s, or CPU %."
+        default="concurrency",
+        description="Scaling signal per replica: in-flight requests (concurrency), requests/s (rps), or CPU "
+        "utilisation in percent of the request (cpu). concurrency and rps are read through the custom metrics "
+        "API (e.g. prometheus-adapter) from the server's lepton_server_inflight_requests and "
+        "lepton_server_requests_total.",
     )
     target: Int = Field(default=8, ge=1, le=1000000, description="Target value of the metric per replica.")
 
 
-class Batching(ApiModel):
-    max_batch_size: Int = Field(default=8, ge=1, le=4096, description="Requests merged into one forward pass.")
-    max_latency_ms: Int = Field(
-        default=10, ge=0, le=60000, description="Longest a request waits for its batch to fill."
+class Runtime(ApiModel):
+    """How the server runs the model: device, precision, dynamic batching and request limits."""
+
+    rules = (
+        Rule(
+            cel="self.maxBatchTokens >= self.maxInputTokens",
+            message="runtime.maxBatchTokens must be at least runtime.maxInputTokens: a batch holds one longest "
+            "request",
+            check=lambda r: r.max_batch_tokens >= r.max_input_tokens,
+        ),
+    )
+
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when a GPU is given.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="Weights' precision; auto: the model's own (float32 on CPU)."
+    )
+    max_batch_size: Int = Field(default=8, ge=1, le=1024, description="Most requests in one forward pass.")
+    max_batch_delay_ms: Int = Field(
+        default=5,
+        ge=0,
+        le=10000,
+        description="Longest the first request of a batch waits for more; no wait once a batch is full.",
+    )
+    max_batch_tokens: Int = Field(
+        default=8192, ge=1, le=1048576, description="Most tokens in one batch, padding included."
+    )
+    max_input_tokens: Int = Field(default=1024, ge=1, le=1048576, description="Longer inputs get 400/422.")
+    max_output_tokens: Int = Field(default=256, ge=1, le=1048576, description="Most tokens one request generates.")
+    request_timeout_seconds: Int = Field(
+        default=30, ge=1, le=3600, description="A request not answered in this time gets 504."
+    )
+    max_queue_length: Int = Field(
+        default=256, ge=1, le=100000, description="Queued requests beyond this get 429 with Retry-After."
+    )
+    max_request_bytes: Int = Field(
+        default=1048576, ge=1024, le=67108864, description="Larger request bodies get 413 (at most 64 MiB)."
+    )
+    startup_seconds: Int = Field(
+        default=600, ge=10, le=86400, description="Time allowed to load and warm the model before a restart."
+    )
+    drain_seconds: Int = Field(
+        default=30, ge=0, le=3600, description="On termination: time in-flight requests get to finish."
     )
 
 
 class Canary(ApiModel):
-    model: ModelSource = Field(description="The candidate model.")
+    model: ModelSource = Field(description="The candidate model, served by a Deployment of its own.")
     traffic_percent: Int = Field(ge=0, le=100, description="Share of requests sent to the candidate.")
-
-
-class ServerLimits(ApiModel):
-    max_request_bytes: Int = Field(
-        default=1048576, ge=1024, le=1073741824, description="Larger requests get 413 (at most 1 GiB)."
-    )
-    timeout_seconds: Int = Field(default=30, ge=1, le=3600, description="Requests running longer get 504.")
-    max_concurrency: Int = Field(default=256, ge=1, le=100000, description="In-flight requests beyond this get 503.")
-
-
-Protocol = Literal["v2", "openai"]
-ALL_PROTOCOLS: tuple[Protocol, ...] = ("v2", "openai")
 
 
 class InferenceServiceSpec(ApiModel):
@@ -59,40 +94,68 @@ class InferenceServiceSpec(ApiModel):
             ),
         ),
         Rule(
-            cel="self.task != 'sequence-classification' || !self.protocols.exists(p, p == 'openai')",
-            message="the openai protocol serves generation: drop it for task sequence-classification",
-            check=lambda s: s.task != "sequence-classification" or "openai" not in s.protocols,
+            cel="self.task == 'causal-lm' || !self.protocols.exists(p, p == 'openai')",
+            message="the openai protocol serves completions and embeddings of causal-lm models: drop it for "
+            "sequence-classification and embeddings (they are served on v2)",
+            check=lambda s: s.task == "causal-lm" or "openai" not in s.protocols,
         ),
     )
 
-    model: ModelSource = Field(description="The model to serve.")
-    task: Task = Field(default="causal-lm", description="causal-lm or sequence-classification.")
+    model: ModelSource = Field(description="The model to serve: a path, a PVC, or another resource's output.")
+    task: ServeTask = Field(
+        default="causal-lm", description="causal-lm (text generation), sequence-classification or embeddings."
+    )
     image: str | None = Field(
         default=None, description="Server image; default: the operator's server image.", max_length=1024
     )
     replicas: Int | None = Field(
-        default=None, ge=0, le=10000, description="Replicas when not autoscaled (scale subresource)."
+        default=None,
+        ge=0,
+        le=10000,
+        description="Replicas when not autoscaled (kubectl scale sets it); default 1. With autoscaling, the "
+        "HorizontalPodAutoscaler decides.",
     )
-    autoscaling: Autoscaling | None = Field(default=None, description="Horizontal autoscaling.")
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Horizontal autoscaling (autoscaling/v2) of the primary Deployment."
+    )
     gpus: Int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per replica.")
     resources: Resources = Field(default_factory=Resources, description="CPU/memory per replica.")
-    batching: Batching = Field(default_factory=Batching, description="Dynamic batching.")
-    limits: ServerLimits = Field(default_factory=ServerLimits, description="Request size, time and concurrency.")
+    runtime: Runtime = Field(default_factory=Runtime, description="Device, precision, batching and limits.")
     protocols: list[Protocol] = Field(
         default=list(ALL_PROTOCOLS),  # a schema default too: a CEL rule reads it
         min_length=1,
         max_length=2,
-        description="Routes: Open Inference Protocol v2 and OpenAI-compatible.",
+        description="Routes: Open Inference Protocol v2 (/v2) and OpenAI-compatible (/v1).",
     )
-    canary: Canary | None = Field(default=None, description="Split traffic to a candidate model.")
+    canary: Canary | None = Field(
+        default=None,
+        description="Split traffic to a candidate model: by HTTPRoute weights where the cluster serves the "
+        "Gateway API, otherwise by replica counts under one Service (status.traffic says which). To promote, "
+        "move canary.model to model and remove canary (leptonctl promote does it).",
+    )
+    suspend: bool = Field(default=False, description="Stop serving (no replicas) but keep the resource.")
     env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Extra env for the server.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Priority and placement.")
+    pod_disruption_budget: bool = Field(
+        default=True, description="Keep at least one replica through voluntary disruptions (node drains)."
+    )
+
+
+class TrafficSplit(ApiModel):
+    mode: TrafficMode = Field(description="gateway-api: HTTPRoute weights; replicas: replica counts under one Service.")
+    primary_percent: int = Field(description="Share of requests the primary model gets now.")
+    canary_percent: int = Field(description="Share of requests the canary model gets now.")
 
 
 class InferenceServiceStatus(CommonStatus):
-    replicas: int = Field(default=0, description="Replicas that exist (scale subresource).")
-    ready_replicas: int = Field(default=0, description="Replicas ready to serve.")
+    replicas: int = Field(default=0, description="Replicas of the primary that exist (scale subresource).")
+    ready_replicas: int = Field(default=0, description="Primary replicas with the model loaded.")
+    desired_replicas: int = Field(default=0, description="Primary replicas wanted now.")
+    canary_ready_replicas: int | None = Field(default=None, description="Canary replicas with the model loaded.")
+    ready: str | None = Field(default=None, description="Ready replicas / desired, primary and canary together.")
     selector: str | None = Field(default=None, description="Label selector of the replicas (scale subresource).")
     url: str | None = Field(default=None, description="In-cluster URL of the service.")
     model: str | None = Field(default=None, description="Resolved location of the served model.")
-    canary_traffic_percent: int | None = Field(default=None, description="Share of traffic on the canary.")
+    canary_model: str | None = Field(default=None, description="Resolved location of the canary model.")
+    traffic: TrafficSplit | None = Field(default=None, description="The traffic split in force.")
+
