@@ -100,7 +100,7 @@ def test_get_lepton_lists_every_kind_with_its_columns(kube: Kube, namespace: str
     [
         ("trainingjob.spec.checkpoint.everySteps", "Save every N optimizer steps."),
         ("trainingjob.spec.gpusPerNode", "nvidia.com/gpu per pod"),
-        ("inferenceservice.spec.batching.maxLatencyMs", "Longest a request waits"),
+        ("inferenceservice.spec.runtime.maxBatchDelayMs", "Longest the first request of a batch waits"),
         ("dataset.spec.split.train", "Fraction of rows for training"),
         ("tuningstudy.spec.pruner.type", "stops unpromising trials early"),
         ("trainingjob.status.progress.loss", "Latest training loss"),

@@ -131,9 +131,10 @@ class InferenceService(_Envelope):
     rules = (
         dns1035_name("InferenceService", "a Service name"),
         Rule(
-            cel="self.metadata.name.size() <= 63",
-            message="InferenceService names are at most 63 characters: they become Service names",
-            check=lambda service: len(service.metadata.name) <= 63,
+            cel="self.metadata.name.size() <= 55",
+            message="InferenceService names are at most 55 characters: they become Service names with a "
+            "-primary or -canary suffix",
+            check=lambda service: len(service.metadata.name) <= 55,
         ),
     )
 
