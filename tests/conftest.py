@@ -31,3 +31,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if os.environ.get("LEPTON_REQUIRE_ALL") == "1" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where everything must run: {report.longrepr}"
+
+
+GOLDEN = ROOT / "tests" / "unit" / "golden"
+
+
+def assert_golden(name: str, text: str) -> None:
+    """`text` equals the committed golden file tests/unit/golden/NAME; LEPTON_UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN / name
+    if os.environ.get("LEPTON_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path}: run with LEPTON_UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(), f"rerun with LEPTON_UPDATE_GOLDEN=1 and review {path}"

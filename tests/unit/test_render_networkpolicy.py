@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -11,10 +10,8 @@ import yaml
 from lepton.api.constants import Label
 from lepton.api.contract import METRICS_PORT
 from lepton.render.networkpolicy import NetworkSettings, render_network_policy
+from tests.conftest import assert_golden
 from tests.unit.test_render_trainingjob import job
-
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
-UPDATE = os.environ.get("LEPTON_UPDATE_GOLDEN") == "1"
 
 CASES: dict[str, tuple[dict[str, Any], NetworkSettings]] = {
     "multi-node": (dict(nodes=2, gpusPerNode=8), NetworkSettings("lepton-system", "monitoring")),
@@ -28,12 +25,7 @@ CASES: dict[str, tuple[dict[str, Any], NetworkSettings]] = {
 def test_network_policy_matches_golden(case: str) -> None:
     spec, settings = CASES[case]
     text = yaml.safe_dump(render_network_policy(job(**spec), settings), sort_keys=True, width=120)
-    path = os.path.join(GOLDEN, f"networkpolicy-{case}.yaml")
-    if UPDATE:
-        with open(path, "w") as fh:
-            fh.write(text)
-    with open(path) as fh:
-        assert text == fh.read(), f"rerun with LEPTON_UPDATE_GOLDEN=1 and review {path}"
+    assert_golden(f"networkpolicy-{case}.yaml", text)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

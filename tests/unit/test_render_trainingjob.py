@@ -4,7 +4,6 @@ properties every rendered pod must have whatever the shape."""
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import pytest
@@ -13,10 +12,8 @@ import yaml
 from lepton.api.contract import TRAINER_CONFIG_ENV, TrainerConfig
 from lepton.api.validation import parse
 from lepton.render.trainingjob import RenderSettings, render
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, assert_golden
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
-UPDATE = os.environ.get("LEPTON_UPDATE_GOLDEN") == "1"
 BASE = yaml.safe_load((EXAMPLES / "trainingjob.yaml").read_text())
 
 
@@ -46,12 +43,7 @@ CASES = {
 def test_render_matches_golden(case: str) -> None:
     rendered = render(job(**CASES[case]), attempt=3, settings=RenderSettings())
     text = yaml.safe_dump_all(rendered, sort_keys=True, width=120)
-    path = os.path.join(GOLDEN, f"trainingjob-{case}.yaml")
-    if UPDATE:
-        with open(path, "w") as fh:
-            fh.write(text)
-    with open(path) as fh:
-        assert text == fh.read(), f"rerun with LEPTON_UPDATE_GOLDEN=1 and review {path}"
+    assert_golden(f"trainingjob-{case}.yaml", text)
 
 
 def pods(children: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ class Label:
     ATTEMPT = "lepton.ai/attempt"  # gang attempt of a training pod
     NODE_INDEX = "lepton.ai/node-index"  # rank of a training pod's node
     RENDEZVOUS_ID = "lepton.ai/rendezvous-id"  # annotation: torchrun rendezvous id
+    ROLE = "lepton.ai/role"  # a serving pod's role: primary or canary
     FAKE_OUTCOME = "lepton.ai/fake-outcome"  # kwok test stages only (not a GPU, not a runtime)
     APP_NAME = "app.kubernetes.io/name"
     APP_INSTANCE = "app.kubernetes.io/instance"

@@ -19,7 +19,9 @@ TrafficMode = Literal["gateway-api", "replicas"]
 class Autoscaling(ApiModel):
     rules = (ordered("minReplicas", "maxReplicas", where="autoscaling"),)
 
-    min_replicas: Int = Field(default=1, ge=1, le=10000, description="Fewest replicas (scale to zero is not supported yet).")
+    min_replicas: Int = Field(
+        default=1, ge=1, le=10000, description="Fewest replicas (scale to zero is not supported yet)."
+    )
     max_replicas: Int = Field(default=1, ge=1, le=10000, description="Most replicas.")
     metric: Literal["concurrency", "rps", "cpu"] = Field(
         default="concurrency",
@@ -37,8 +39,7 @@ class Runtime(ApiModel):
     rules = (
         Rule(
             cel="self.maxBatchTokens >= self.maxInputTokens",
-            message="runtime.maxBatchTokens must be at least runtime.maxInputTokens: a batch holds one longest "
-            "request",
+            message="runtime.maxBatchTokens must be at least runtime.maxInputTokens: a batch holds one longest request",
             check=lambda r: r.max_batch_tokens >= r.max_input_tokens,
         ),
     )
@@ -137,7 +138,9 @@ class InferenceServiceSpec(ApiModel):
     env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Extra env for the server.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Priority and placement.")
     pod_disruption_budget: bool = Field(
-        default=True, description="Keep at least one replica through voluntary disruptions (node drains)."
+        default=True,
+        description="A PodDisruptionBudget: voluntary disruptions (node drains) evict one replica at a time; "
+        "it never blocks a drain.",
     )
 
 
@@ -158,4 +161,3 @@ class InferenceServiceStatus(CommonStatus):
     model: str | None = Field(default=None, description="Resolved location of the served model.")
     canary_model: str | None = Field(default=None, description="Resolved location of the canary model.")
     traffic: TrafficSplit | None = Field(default=None, description="The traffic split in force.")
-

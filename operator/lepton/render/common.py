@@ -97,6 +97,15 @@ def resources(spec: Resources, gpus: int = 0) -> dict[str, Any]:
     return out
 
 
+def model_location(uri: str, mounts: Mounts) -> str:
+    """The path a pod reads a resolved model location from: pvc://claim/sub is mounted read-only,
+    file:// is a local path."""
+    if uri.startswith("pvc://"):
+        claim, _, sub = uri.removeprefix("pvc://").partition("/")
+        return mounts.path(claim, sub, read_only=True)
+    return uri.removeprefix("file://")
+
+
 class Mounts:
     """PersistentVolumeClaims used by a pod, each mounted once under /mnt/pvc/<claim>."""
 

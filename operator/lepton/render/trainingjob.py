@@ -23,6 +23,7 @@ from lepton.render.common import (
     Mounts,
     child_metadata,
     merge_env,
+    model_location,
     resources,
     secret_env,
     selector,
@@ -92,7 +93,7 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> Trai
     spec = job.spec
     model = spec.model
     if resolved.model_uri:
-        model_path = _strip_file(resolved.model_uri)
+        model_path = model_location(resolved.model_uri, mounts)
     elif model.pvc is not None:
         model_path = mounts.path(model.pvc.claim_name, model.pvc.path, read_only=True)
     elif model.hub is not None:
@@ -147,7 +148,7 @@ def _teacher_path(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> str |
     if teacher is None:
         return None
     if resolved.teacher_uri:
-        return _strip_file(resolved.teacher_uri)
+        return model_location(resolved.teacher_uri, mounts)
     if teacher.pvc is not None:
         return mounts.path(teacher.pvc.claim_name, teacher.pvc.path, read_only=True)
     if teacher.hub is not None:
