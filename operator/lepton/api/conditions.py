@@ -24,6 +24,8 @@ class ConditionType(StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
     REFERENCES_RESOLVED = "ReferencesResolved"
+    MODEL_LOADED = "ModelLoaded"  # InferenceService: a primary replica has loaded and warmed its model
+    CANARY_READY = "CanaryReady"  # InferenceService: the canary serves its share
 
 
 class Reason(StrEnum):
@@ -58,6 +60,15 @@ class Reason(StrEnum):
     RESTARTING = "Restarting"
     RESUMED = "Resumed"
     STARTUP_DEADLINE_EXCEEDED = "StartupDeadlineExceeded"
+    # InferenceService lifecycle words
+    MODEL_LOADING = "ModelLoading"
+    MODEL_LOADED = "ModelLoaded"
+    MODEL_LOAD_FAILED = "ModelLoadFailed"
+    NO_REPLICAS = "NoReplicas"
+    ROLLING_OUT = "RollingOut"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    REPLICA_FAILURE = "ReplicaFailure"
+    SERVING = "Serving"
     # The operator cannot go on without the user's help
     NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object the resource does not own
     CHILD_REJECTED = "ChildRejected"  # the apiserver refuses a child the spec renders (its message follows)
@@ -80,6 +91,10 @@ class EventReason(StrEnum):
     TTL_DELETED = "TTLDeleted"
     INVALID_SPEC = "InvalidSpec"
     STALLED = "Stalled"
+    MODEL_LOADED = "ModelLoaded"
+    MODEL_LOAD_FAILED = "ModelLoadFailed"
+    SERVING = "Serving"
+    TRAFFIC_SHIFTED = "TrafficShifted"
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -62,13 +62,17 @@ class ChildKind:
     kind: str
     plural: str
     pruned: bool = False  # owned children of this kind that the plan does not want are deleted
+    # Read only: objects another controller makes from a child (a Deployment's pods), matched by the
+    # resource's labels instead of its controller UID; read for status, never written or deleted.
+    read_only: bool = False
 
 
 class Binding(ABC, Generic[R]):
     """What one kind adds to the skeleton: its children, its references, its pure plan."""
 
     info: KindInfo
-    children: tuple[ChildKind, ...] = ()
+    children: tuple[ChildKind, ...] = ()  # watched through indexes
+    fetched: tuple[ChildKind, ...] = ()  # read by `fetch_children` (kinds the cluster may not serve)
 
     async def prepare(self, client: KubeClient) -> None:
         """Learn what the plan needs of the cluster (e.g. discovery), before each pass; cheap when known."""
@@ -76,6 +80,11 @@ class Binding(ABC, Generic[R]):
     def needs_references(self, resource: R, observed: Observed) -> bool:
         """Whether to fetch referenced objects this pass (else the last resolution is reused)."""
         return True
+
+    async def fetch_children(self, client: KubeClient, key: Key, body: Mapping[str, Any]) -> dict[str, list[Any]]:
+        """Children of kinds the cluster may not serve (so no watch can be set up for them), read by
+        name each pass: {kind: [objects]}. Only those the resource controls are kept."""
+        return {}
 
     async def observe_extra(self, key: Key, body: Mapping[str, Any], observed: Observed) -> Any:
         """Anything else a plan reads (e.g. a workload's progress report); must not raise on bad data."""
@@ -188,7 +197,7 @@ class Reconciler(Generic[R]):
     # --- one pass -----------------------------------------------------------------------------
     async def _pass(self, key: Key, state: _State) -> float:
         body = state.body
-        observed = self._observe(key, body)
+        observed = await self._observe(key, body)
         extra = await self.binding.observe_extra(key, body, observed)
         every, force = self.binding.next_look(body)
         children, generation = _children_fingerprint(observed), _meta(body).get("generation")
@@ -211,13 +220,15 @@ class Reconciler(Generic[R]):
         state.due = time.monotonic() + requeue if requeue is not None else None
         return min(every, requeue) if requeue is not None else every
 
-    def _observe(self, key: Key, body: Mapping[str, Any]) -> Observed:
+    async def _observe(self, key: Key, body: Mapping[str, Any]) -> Observed:
         uid = str(_meta(body).get("uid") or "")
         found: dict[str, list[Mapping[str, Any]]] = {}
         for child in self.binding.children:
             index = self.indexes.get(child.plural)
             store: list[Mapping[str, Any]] = list(index.get(key, [])) if index is not None else []
-            found[child.kind] = owned(store, uid)
+            found[child.kind] = store if child.read_only else owned(store, uid)
+        for kind, objs in (await self.binding.fetch_children(self.client, key, body)).items():
+            found[kind] = owned(objs, uid)
         return Observed(found)
 
     async def _reconcile(self, state: _State, body: Mapping[str, Any], observed: Observed,
@@ -237,7 +248,7 @@ class Reconciler(Generic[R]):
         plan: Plan = self.binding.plan(resource, observed, resolution, _now(), extra)  # type: ignore[arg-type]
         status = plan.status
         try:
-            pruned = [c.kind for c in self.binding.children if c.pruned]
+            pruned = [c.kind for c in (*self.binding.children, *self.binding.fetched) if c.pruned]
             await converge(self.client, str(meta.get("uid") or ""), plan, observed.children, pruned=pruned,
                            created=state.created if state.created is not None else set())  # fmt: skip
         except (NameConflictError, ChildRejectedError) as exc:

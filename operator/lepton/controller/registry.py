@@ -16,6 +16,7 @@ from lepton.api import GROUP, KINDS, VERSION
 from lepton.api.constants import Label
 from lepton.controller.awaiting import AwaitingBinding
 from lepton.controller.events import EventRecorder
+from lepton.controller.inferenceservice import InferenceServiceBinding
 from lepton.controller.kube import KubeClient
 from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.reconciler import Binding, Reconciler
@@ -46,7 +47,8 @@ def bindings(settings: Settings) -> list[Binding[Any]]:
             backoff_base=settings.restart_backoff_seconds,
             progress_key=settings.progress_key,
             network=settings.network(),
-        )
+        ),
+        InferenceServiceBinding(settings.images.get("server", "lepton/server:0.1.0"), network=settings.network()),
     ]
     done = {b.info.kind for b in built}
     return built + [AwaitingBinding(info) for kind, info in KINDS.items() if kind not in done]

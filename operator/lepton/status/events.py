@@ -7,8 +7,9 @@ transition once (status is the memory), and every event is table-testable.
 from __future__ import annotations
 
 from lepton.api.common import CommonStatus
-from lepton.api.conditions import ConditionType, EventReason, get_condition, is_true
+from lepton.api.conditions import ConditionType, EventReason, Reason, get_condition, is_true
 from lepton.api.constants import Phase
+from lepton.api.inferenceservice import InferenceServiceStatus
 from lepton.api.trainingjob import TrainingJobStatus
 from lepton.status.plan import EventNote
 
@@ -60,4 +61,26 @@ def trainingjob_events(old: TrainingJobStatus, new: TrainingJobStatus) -> list[E
         notes.append(EventNote(EventReason.FAILED, _message(new, ConditionType.FAILED), "Warning"))
     elif new.phase == Phase.SUSPENDED:
         notes.append(EventNote(EventReason.SUSPENDED, "Pods deleted; checkpoints kept"))
+    return notes
+
+
+def inferenceservice_events(old: InferenceServiceStatus, new: InferenceServiceStatus) -> list[EventNote]:
+    notes = common_events(old, new)
+    loaded = get_condition(new.conditions, ConditionType.MODEL_LOADED)
+    was = get_condition(old.conditions, ConditionType.MODEL_LOADED)
+    if loaded is not None and (was is None or (was.status, was.reason) != (loaded.status, loaded.reason)):
+        if loaded.status == "True":
+            notes.append(EventNote(EventReason.MODEL_LOADED, loaded.message))
+        elif loaded.reason == Reason.MODEL_LOAD_FAILED:
+            notes.append(EventNote(EventReason.MODEL_LOAD_FAILED, loaded.message, "Warning"))
+    if is_true(new.conditions, ConditionType.READY) and not is_true(old.conditions, ConditionType.READY):
+        notes.append(EventNote(EventReason.SERVING, _message(new, ConditionType.READY)))
+    before = old.traffic.canary_percent if old.traffic else None
+    after = new.traffic.canary_percent if new.traffic else None
+    if after is not None and after != before and new.traffic is not None:
+        notes.append(EventNote(EventReason.TRAFFIC_SHIFTED, f"canary {after}% ({new.traffic.mode} split)"))
+    if new.phase == Phase.SUSPENDED and old.phase != Phase.SUSPENDED:
+        notes.append(EventNote(EventReason.SUSPENDED, "Replicas scaled to zero; the service is kept"))
+    elif old.phase == Phase.SUSPENDED and new.phase != Phase.SUSPENDED:
+        notes.append(EventNote(EventReason.RESUMED, "Replicas starting again"))
     return notes

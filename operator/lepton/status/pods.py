@@ -34,6 +34,11 @@ class PodView:
     exit_code: int | None = None
     message: str = ""
     deleting: bool = False
+    ready: bool = False  # the Ready condition (for a server: its model is loaded)
+    role: str = ""  # a serving pod's role label
+    last_reason: str | None = None  # the container's previous run, when it restarted in place
+    last_exit_code: int | None = None
+    last_message: str = ""  # its termination message (a server says why its model failed to load)
 
     @property
     def finished(self) -> bool:
@@ -43,16 +48,24 @@ class PodView:
     def of(cls, pod: Mapping[str, Any]) -> PodView:
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
         labels = meta.get("labels") or {}
-        scheduled, unschedulable = False, None
+        scheduled, unschedulable, ready = False, None, False
         for cond in status.get("conditions") or []:
+            if cond.get("type") == "Ready":
+                ready = cond.get("status") == "True"
             if cond.get("type") == "PodScheduled":
                 scheduled = cond.get("status") == "True"
                 if cond.get("status") == "False" and cond.get("reason") in ("Unschedulable", "SchedulerError"):
                     unschedulable = str(cond.get("message") or "")
         waiting_reason = waiting_message = terminated_reason = None
-        exit_code = None
+        exit_code = last_code = None
+        last_reason, last_message = None, ""
         for cs in status.get("containerStatuses") or []:
             state = cs.get("state") or {}
+            last = (cs.get("lastState") or {}).get("terminated") or state.get("terminated")
+            if last and last.get("exitCode") not in (0, None):
+                code = last.get("exitCode")
+                last_reason, last_code = last.get("reason") or "Error", code if isinstance(code, int) else None
+                last_message = str(last.get("message") or "")
             if "waiting" in state and state["waiting"].get("reason") not in (None, "ContainerCreating"):
                 waiting_reason, waiting_message = state["waiting"].get("reason"), state["waiting"].get("message", "")
             term = state.get("terminated")
@@ -78,4 +91,9 @@ class PodView:
             exit_code=exit_code,
             message=str(status.get("message", "") or status.get("reason", "")),
             deleting=bool(meta.get("deletionTimestamp")),
+            ready=ready,
+            role=str(labels.get(Label.ROLE, "")),
+            last_reason=last_reason,
+            last_exit_code=last_code,
+            last_message=last_message.strip()[:1000],
         )

@@ -1,0 +1,111 @@
+"""InferenceService on the skeleton: the children it watches (Deployments, Services, the autoscaler,
+the disruption budget, and the Deployments' pods read for status), the HTTPRoute it reads by name
+where the cluster serves the Gateway API, and its plan (the pure `decide` composed with `render`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from lepton.api import KINDS, InferenceService
+from lepton.api.common import ModelSource
+from lepton.controller.kube import KubeClient
+from lepton.controller.reconciler import IDLE_SECONDS, Binding, ChildKind, Key
+from lepton.render.inferenceservice import GATEWAY_API, ServeResolved, ServeSettings, render
+from lepton.render.networkpolicy import NetworkSettings
+from lepton.status.clock import rfc3339
+from lepton.status.events import inferenceservice_events
+from lepton.status.inferenceservice import DeploymentView, RouteView, Serving, Wanted, decide
+from lepton.status.plan import ChildKey, Observed, Plan
+from lepton.status.pods import PodView
+from lepton.status.references import Resolution, references
+
+DISCOVERY_SECONDS = 60.0  # the Gateway API may be installed after the operator started
+ROUTE_LOOK_SECONDS = 30.0  # a mesh accepting the route writes only the route's status: look for it
+
+
+def source_location(source: ModelSource) -> str:
+    """How status names a model given directly (one from another resource shows its resolved location)."""
+    if source.pvc is not None:
+        return f"pvc://{source.pvc.claim_name}/{source.pvc.path}".rstrip("/")
+    if source.hub is not None:
+        return f"hub://{source.hub.id}"
+    return source.uri or ""
+
+
+class InferenceServiceBinding(Binding[InferenceService]):
+    info = KINDS["InferenceService"]
+    children = (
+        ChildKind("apps/v1", "Deployment", "deployments", pruned=True),
+        ChildKind("v1", "Service", "services", pruned=True),
+        ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", pruned=True),
+        ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", pruned=True),
+        ChildKind("v1", "Pod", "pods", read_only=True),
+    )
+    fetched = (ChildKind(GATEWAY_API[0], "HTTPRoute", GATEWAY_API[1], pruned=True),)
+
+    def __init__(self, server_image: str, network: NetworkSettings | None = None) -> None:
+        self.server_image, self.network = server_image, network
+        self._gateway: bool = False
+        self._asked = float("-inf")
+
+    async def prepare(self, client: KubeClient) -> None:
+        if time.monotonic() - self._asked >= DISCOVERY_SECONDS:
+            served = await client.serves(*GATEWAY_API)
+            if served is not None:  # a failed discovery keeps the last answer and asks again next pass
+                self._gateway, self._asked = served, time.monotonic()
+
+    async def fetch_children(self, client: KubeClient, key: Key, body: Mapping[str, Any]) -> dict[str, list[Any]]:
+        if not self._gateway:
+            return {}
+        route = await client.get(GATEWAY_API[0], "HTTPRoute", key[0], key[1])
+        return {"HTTPRoute": [route] if route is not None else []}
+
+    def plan(self, resource: InferenceService, observed: Observed, resolution: Resolution, now: datetime,
+             extra: Any) -> Plan:  # fmt: skip
+        name = resource.metadata.name
+        deployments = {d["metadata"]["name"]: d for d in observed.of("Deployment")}
+        primary = DeploymentView.of(deployments.get(f"{name}-primary"))
+        routes = observed.of("HTTPRoute")
+        serving = Serving(
+            primary=primary,
+            canary=DeploymentView.of(deployments.get(f"{name}-canary")),
+            pods=[PodView.of(p) for p in observed.of("Pod")],
+            route=RouteView.of(routes[0]) if routes else None,
+        )
+        stamp, has_refs = rfc3339(now), bool(references(resource))
+        if not resolution.ready:
+            # Nothing to serve yet, or a new reference not ready: what already serves keeps serving.
+            status = decide(resource, serving, None, waiting=resolution.waiting, has_references=has_refs, now=stamp)
+            keep = frozenset(
+                (kind, str(o["metadata"]["name"]))
+                for kind, objs in observed.children.items() if kind != "Pod" for o in objs
+            )  # fmt: skip
+            return Plan(status=status, keep=keep, events=inferenceservice_events(resource.status, status))
+        uris = resolution.uris
+        autoscaled = resource.spec.autoscaling is not None
+        rendered = render(
+            resource,
+            ServeSettings(self.server_image, self._gateway),
+            ServeResolved(model_uri=uris.get("model"), canary_uri=uris.get("canary")),
+            current_primary=primary.spec_replicas if primary is not None and autoscaled else None,
+            network=self.network,
+        )
+        models = {"model": uris.get("model") or source_location(resource.spec.model)}
+        if resource.spec.canary is not None:
+            models["canary"] = uris.get("canary") or source_location(resource.spec.canary.model)
+        wanted = Wanted(rendered.primary_replicas, rendered.canary_replicas, rendered.mode)
+        status = decide(resource, serving, wanted, models=models, has_references=has_refs, now=stamp)
+        return Plan(
+            status=status,
+            children=rendered.children,
+            keep=frozenset[ChildKey](),
+            events=inferenceservice_events(resource.status, status),
+        )
+
+    def next_look(self, body: Mapping[str, Any]) -> tuple[float, bool]:
+        if self._gateway and (body.get("spec") or {}).get("canary"):
+            return ROUTE_LOOK_SECONDS, True
+        return IDLE_SECONDS, False
