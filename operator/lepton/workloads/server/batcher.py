@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -37,6 +38,7 @@ from typing import Any, Generic, Protocol, TypeVar
 P = TypeVar("P")
 R = TypeVar("R")
 T = TypeVar("T")
+log = logging.getLogger("lepton.server")
 
 
 class QueueFullError(Exception):
@@ -132,6 +134,11 @@ class Pending(Generic[P]):
                 yield item
         if self._outcome.error is not None:
             raise self._outcome.error
+
+    @property
+    def value(self) -> Any:
+        """The final result once `events` has ended without an error; None before."""
+        return self._outcome.result if self._outcome is not None else None
 
     async def result(self) -> Any:
         """The final result, skipping partial ones; raises DeadlineExceededError when the deadline passes first."""
@@ -251,23 +258,34 @@ class Batcher(Generic[P, R]):
         return batch, capped or len(batch) >= self.max_batch_size
 
     async def _run(self) -> None:
+        """The scheduling loop. It must not die: a failure is logged and the loop goes on."""
         while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            self._drop_dead()
-            if not self._queue:
-                continue
-            await self._fill()
-            self._drop_dead()
-            batch, _ = self.select()
-            if not batch:
-                continue
-            chosen = set(map(id, batch))
-            self._queue = [x for x in self._queue if id(x) not in chosen]
-            self._observer.depth(len(self._queue))
-            if self._queue:
-                self._arrived.set()  # the rest goes next, without waiting for another arrival
-            await self._execute(batch)
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch scheduling failed; continuing")
+                await asyncio.sleep(0.01)
+
+    async def _step(self) -> None:
+        """One batch: wait for work, let it fill, run it."""
+        await self._arrived.wait()
+        self._arrived.clear()
+        self._drop_dead()
+        if not self._queue:
+            return
+        await self._fill()
+        self._drop_dead()
+        batch, _ = self.select()
+        if not batch:
+            return
+        chosen = set(map(id, batch))
+        self._queue = [x for x in self._queue if id(x) not in chosen]
+        self._observer.depth(len(self._queue))
+        if self._queue:
+            self._arrived.set()  # the rest goes next, without waiting for another arrival
+        await self._execute(batch)
 
     async def _fill(self) -> None:
         """Wait until the batch is full or the oldest request has waited `max_batch_delay`."""

@@ -1,0 +1,61 @@
+"""What the routes share: the configuration, the metrics, the service once the model is loaded, and the
+lifecycle flags (loading → ready → draining) that the health routes report."""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata
+
+from aiohttp import web
+
+from lepton.api.contract import ServerConfig
+
+from .errors import ApiError
+from .metrics import Metrics
+from .service import Service
+
+try:
+    VERSION = metadata.version("lepton-operator")
+except metadata.PackageNotFoundError:  # running from a source tree
+    VERSION = "0.0.0"
+
+
+class State:
+    def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.service: Service | None = None
+        self.draining = False
+        self.inflight = 0
+        self.last_arrival = time.monotonic()
+
+    @property
+    def ready(self) -> bool:
+        return self.service is not None and not self.draining
+
+    def why_not_ready(self) -> str:
+        return "draining: the server is shutting down" if self.draining else "loading: the model is not loaded yet"
+
+    def require(self) -> Service:
+        """The service, or 503 while the model loads (requests during a drain are still answered)."""
+        if self.service is None:
+            raise ApiError(503, "the model is still loading; retry when /v2/health/ready answers 200",
+                           headers={"Retry-After": "2"})  # fmt: skip
+        return self.service
+
+    def check_name(self, name: str) -> None:
+        if name != self.config.name:
+            raise ApiError(404, f"model {name[:128]!r} not found; this server serves {self.config.name!r}",
+                           param="model")  # fmt: skip
+
+
+STATE = web.AppKey("state", State)
+
+
+def state_of(request: web.Request) -> State:
+    return request.app[STATE]
+
+
+def started_of(request: web.Request) -> float:
+    started = request.get("started")
+    return started if isinstance(started, float) else time.monotonic()
