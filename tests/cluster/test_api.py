@@ -112,5 +112,5 @@ def test_kubectl_explain_shows_descriptions(kube: Kube, path: str, expected: str
 
 def test_scale_subresource_on_inferenceservice(kube: Kube, namespace: str) -> None:
     kube.run("create", "-n", namespace, "-f", str(EXAMPLES / "inferenceservice.yaml"))
-    kube.run("scale", "inferenceservice", "support-assistant", "-n", namespace, "--replicas=2")
-    assert kube.get("inferenceservice", "support-assistant", namespace)["spec"]["replicas"] == 2
+    kube.run("scale", "inferenceservice", "quickstart-chat", "-n", namespace, "--replicas=2")
+    assert kube.get("inferenceservice", "quickstart-chat", namespace)["spec"]["replicas"] == 2

@@ -16,7 +16,7 @@ NAMES = {
     "Dataset": ("dataset", "support-tickets"),
     "TrainingJob": ("trainingjob", "tiny-gpt2-support"),
     "TuningStudy": ("tuningstudy", "tiny-gpt2-lr-search"),
-    "InferenceService": ("inferenceservice", "support-assistant"),
+    "InferenceService": ("inferenceservice", "quickstart-chat"),
 }
 
 
@@ -52,7 +52,7 @@ def test_operator_sets_observed_generation_and_conditions(
         {"spec": {"suspend": True}}
         if kind in ("TrainingJob", "TuningStudy")
         else (
-            {"spec": {"clean": {"minChars": 8}}} if kind == "Dataset" else {"spec": {"batching": {"maxBatchSize": 4}}}
+            {"spec": {"clean": {"minChars": 8}}} if kind == "Dataset" else {"spec": {"runtime": {"maxBatchSize": 4}}}
         )
     )
     kube.patch(resource, name, namespace, spec_change)

@@ -224,6 +224,18 @@ def test_operator_settings_reach_the_rendered_pods() -> None:
     assert {b.info.kind for b in built} == set(KINDS), "every kind runs on the skeleton"
 
 
+def test_every_child_kind_has_its_plural_in_the_client() -> None:
+    """The client builds paths from PLURALS: a kind a binding writes must be there (a KeyError in every
+    pass otherwise)."""
+    from lepton.controller.kube import PLURALS
+    from lepton.controller.registry import bindings
+    from lepton.controller.settings import Settings
+
+    for binding in bindings(Settings()):
+        for child in (*binding.children, *binding.fetched):
+            assert PLURALS.get(child.kind) == child.plural, (binding.info.kind, child.kind)
+
+
 def test_a_failed_discovery_is_asked_again_not_taken_as_no() -> None:
     from lepton.controller.registry import bindings
     from lepton.controller.settings import Settings

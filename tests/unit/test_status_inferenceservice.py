@@ -120,6 +120,9 @@ CASES = {
         message_has="exceeded quota"),
     "serving": Case(serving=Serving(primary=deployment(2), pods=[pod("p-1", ready=True), pod("p-2", ready=True)]),
                     message_has="http://chat.team-a.svc"),
+    "one-replica-of-two-still-loading": Case(
+        serving=Serving(primary=deployment(1, 2), pods=[pod("p-1", ready=True), pod("p-2")]),
+        ready=("False", "ModelLoading"), message_has="1 more replicas to go"),
     "rolling-out-a-new-model": Case(
         serving=Serving(primary=deployment(2, 3, spec=2, updated=1), pods=[pod("p-3")]),
         ready=("False", "RollingOut")),

@@ -255,9 +255,10 @@ KINDS: dict[str, KindInfo] = {
             status=InferenceServiceStatus,
             columns=(
                 PHASE,
-                PrinterColumn("Ready", ".status.readyReplicas", "integer", "Replicas ready"),
-                PrinterColumn("Replicas", ".status.replicas", "integer", "Replicas that exist"),
-                PrinterColumn("URL", ".status.url", priority=1),
+                PrinterColumn("Ready", ".status.ready", description="Replicas with the model loaded / wanted"),
+                PrinterColumn("Replicas", ".status.desiredReplicas", "integer", "Primary replicas wanted now"),
+                PrinterColumn("Canary", ".status.traffic.canaryPercent", "integer", "Requests to the canary, %"),
+                PrinterColumn("URL", ".status.url", description="In-cluster URL"),
                 AGE,
             ),
             scale=True,

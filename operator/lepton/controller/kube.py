@@ -87,6 +87,10 @@ PLURALS = {
     "TuningStudy": "tuningstudies",
     "Dataset": "datasets",
     "InferenceService": "inferenceservices",
+    "Deployment": "deployments",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "HTTPRoute": "httproutes",
 }
 
 

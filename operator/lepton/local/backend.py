@@ -57,6 +57,7 @@ class LocalProcess:
     env: dict[str, str]  # on top of this process's own environment
     log: Path
     progress_port: int | None = None  # serves GET /progress (a ProgressReport), if any
+    ready_url: str | None = None  # a server: base URL whose /v2/health/ready answers 200 once it serves
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     ended: float | None = None  # monotonic time it was seen to exit
 
@@ -70,6 +71,7 @@ class LocalBackend(ABC, Generic[R]):
     raise LocalRunError (one line) for what cannot run on this machine."""
 
     kind: ClassVar[str]
+    serves: ClassVar[bool] = False  # a server runs until stopped: Ctrl-C is its normal end (exit 0)
 
     def __init__(self, resource: R) -> None:
         self.resource = resource
@@ -84,6 +86,10 @@ class LocalBackend(ABC, Generic[R]):
 
     def starting(self, processes: list[LocalProcess]) -> str:
         return f"starting {len(processes)} process(es)"
+
+    def serving(self, processes: list[LocalProcess]) -> str:
+        """A server's line once every process answers ready (where, and how to call it)."""
+        return "serving on " + ", ".join(str(p.ready_url) for p in processes)
 
     def finished(self) -> str | None:
         """A line saying that an earlier run already did all there is to do (then nothing starts)."""
@@ -136,13 +142,13 @@ def run(backend: LocalBackend[Any], options: RunOptions) -> int:
                 with p.log.open("wb") as fh:
                     p.proc = subprocess.Popen(p.argv, env={**os.environ, **p.env}, stdout=fh,
                                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-            _watch(processes, options)
+            _watch(processes, options, lambda: backend.serving(processes) if backend.serves else "")
         except KeyboardInterrupt:
             _end_line(options)
             echo(f"interrupted: stopping {len(processes)} process(es) (Ctrl-C again to kill them)")
             stop(processes, echo)
             echo(backend.interrupted())
-            return EXIT_INTERRUPTED
+            return 0 if backend.serves else EXIT_INTERRUPTED
     _end_line(options)
     failed = [p for p in processes if p.code != 0]
     if failed:
@@ -182,11 +188,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _watch(processes: list[LocalProcess], options: RunOptions) -> None:
-    """Poll until every process ended, drawing the progress line. Once one failed, the others get
-    `failure_grace_seconds` to end on their own (a gang's peers usually notice), then a SIGTERM."""
+def _watch(processes: list[LocalProcess], options: RunOptions, serving: Callable[[], str]) -> None:
+    """Poll until every process ended, drawing the progress line (servers: one line once all are
+    ready). Once one failed, the others get `failure_grace_seconds` to end on their own (a gang's peers
+    usually notice), then a SIGTERM."""
     reporter = next((p for p in processes if p.progress_port), None)
-    last, stopping = "", False
+    servers = [p for p in processes if p.ready_url]
+    last, stopping, announced = "", False, False
     while True:
         now = time.monotonic()
         for p in processes:
@@ -199,6 +207,12 @@ def _watch(processes: list[LocalProcess], options: RunOptions) -> None:
         if not stopping and first_failure is not None and now - first_failure > options.failure_grace_seconds:
             signal_all(running, signal.SIGTERM)
             stopping = True
+        if servers:
+            if not announced and all(is_ready(str(p.ready_url)) for p in servers):
+                options.echo(serving())
+                announced = True
+            time.sleep(options.poll_seconds)
+            continue
         report = read_progress(reporter.progress_port) if reporter and reporter.progress_port else None
         if report is not None or not last:  # between the last step and exit the endpoint is gone
             line = progress_line(report)
@@ -239,6 +253,14 @@ def stop(processes: list[LocalProcess], echo: Callable[[str], None]) -> None:
         for p in processes:
             if p.proc is not None:
                 p.proc.wait()
+
+
+def is_ready(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/v2/health/ready", timeout=1) as rsp:
+            return bool(rsp.status == 200)
+    except (OSError, ValueError):
+        return False
 
 
 def read_progress(port: int) -> ProgressReport | None:

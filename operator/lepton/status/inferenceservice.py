@@ -273,18 +273,26 @@ def _serving_story(
     rolled = (primary is None or primary.rolled_out) and (svc.spec.canary is None or canary is None
                                                           or canary.rolled_out)  # fmt: skip
     serves = p_serves and c_serves and total_ready > 0
+    # As kstatus reads a Deployment: done when every wanted replica is ready (the model loaded on each).
+    missing = max(wanted_primary - (primary.ready if primary else 0), 0)
+    if svc.spec.canary is not None:
+        missing += max(wanted_canary - (canary.ready if canary else 0), 0)
     if p_stalled or c_stalled:
         reason, message = (p_reason, p_message) if p_stalled else (c_reason, c_message)
         s.story(ready=False, reconciling=False, stalled=True, reason=Reason.PROGRESS_DEADLINE_EXCEEDED,
                 message=f"{reason}: {message}")  # fmt: skip
         s.update(phase=Phase.STALLED)
-    elif serves and rolled:
+    elif serves and rolled and not missing:
         s.story(ready=True, reconciling=False, stalled=False, reason=Reason.SERVING,
                 message=f"serving at {url(svc)} ({total_ready} replicas ready)")  # fmt: skip
         s.update(phase=Phase.RUNNING)
     else:
-        if serves:
+        if serves and not rolled:
             reason, message = Reason.ROLLING_OUT, "rolling out the current spec; earlier replicas still serve"
+        elif serves:
+            pods_say = why_not_ready(pods)
+            reason, message = pods_say or (Reason.PROGRESSING, f"{missing} more replicas starting")
+            message = f"serving; {missing} more replicas to go: {message}"
         elif not p_serves:
             reason, message = p_reason, p_message
         else:
