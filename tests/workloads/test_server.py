@@ -302,8 +302,12 @@ def test_generation_batched_equals_the_model_alone(lm: Server, direct: Direct) -
     """One v2 request with 8 texts (one batch, left-padded) and 8 concurrent OpenAI requests with their
     own max_tokens (rows stopping at different steps) give what greedy generate gives per prompt."""
     expected = {(p, k): direct.generate(p, k) for p in PROMPTS for k in (3, 12)}
+    before = lm.metrics()
     reply = lm.post(f"/v2/models/{NAME}/infer", v2_infer(PROMPTS, max_tokens=12))
     assert reply.status == 200, reply.body
+    after = lm.metrics()
+    assert after["lepton_server_batch_size_count"] - before["lepton_server_batch_size_count"] == 1  # one forward
+    assert after["lepton_server_batch_size_sum"] - before["lepton_server_batch_size_sum"] == len(PROMPTS)
     outputs = {o["name"]: o for o in reply.json()["outputs"]}
     assert outputs["text_output"]["shape"] == [len(PROMPTS)]
     assert outputs["text_output"]["data"] == [expected[(p, 12)][0] for p in PROMPTS]
