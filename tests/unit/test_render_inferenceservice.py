@@ -124,10 +124,14 @@ def test_server_config_carries_the_runtime() -> None:
     assert json.loads(json.dumps(wire))["task"] == "causal-lm"
 
 
-def test_autoscaled_primary_leaves_replicas_to_the_autoscaler() -> None:
-    children = rendered("autoscaled-concurrency")
+@pytest.mark.parametrize(("current", "expected"), [(None, 2), (0, 2), (3, 3), (6, 6), (9, 6)])
+def test_autoscaled_primary_keeps_the_count_the_autoscaler_chose(current: int | None, expected: int) -> None:
+    """Within min..max the count now is stated as it is (an apply never undoes a scaling decision);
+    from zero (a resumed service, which no autoscaler scales) it starts at minReplicas."""
+    spec, settings = CASES["autoscaled-cpu"]  # minReplicas 2, maxReplicas 6
+    children = render(service(**spec), settings, RESOLVED, current_primary=current).children
     (deployment,) = deployments(children)
-    assert "replicas" not in deployment["spec"]
+    assert deployment["spec"]["replicas"] == expected
     (hpa,) = [c for c in children if c["kind"] == "HorizontalPodAutoscaler"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
 

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,40 @@ def test_quickstart_trains_then_is_done_then_fresh_interrupted_and_resumed(tmp_p
     resumed = json.loads((model / "lepton-training.json").read_text())
     assert resumed["steps"] == 44 and resumed["final_loss"] == pytest.approx(first["final_loss"], rel=1e-4)
     assert len(list(runs.iterdir())) == 3
+
+    # The README goes on: serve what it trained (the service names the TrainingJob; locally its model is
+    # found in that job's latest finished run), ask it for a completion, Ctrl-C.
+    serve_and_ask(["run", "-f", str(EXAMPLES / "inferenceservice.yaml"), "--runs-dir", str(runs)], model)
+
+
+def serve_and_ask(run: list[str], model: Path) -> None:
+    server = subprocess.Popen([sys.executable, "-c", CTRL_C_ARMED, *run], cwd=ROOT, stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            lines.append(line)
+            if line.startswith("serving 'quickstart-chat' on "):
+                break
+        else:
+            raise AssertionError("".join(lines)[-3000:])
+        base = line.split(" on ")[1].split()[0]
+        body = json.dumps({"model": "quickstart-chat", "prompt": "my order", "max_tokens": 8}).encode()
+        request = urllib.request.Request(f"{base}/v1/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as rsp:
+            answer = json.loads(rsp.read())
+        assert answer["choices"][0]["text"] and answer["usage"]["completion_tokens"] >= 1
+        with urllib.request.urlopen(f"{base}/v2/models/quickstart-chat", timeout=10) as rsp:
+            assert json.loads(rsp.read())["metadata"]["trainingJob"] == "quickstart"  # lineage
+        assert any(str(model) in line for line in lines), "".join(lines)
+        server.send_signal(signal.SIGINT)
+        _, rest = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            lose_node(server)
+    assert server.returncode == 0, "".join(lines) + rest
+    assert "stopped serving" in rest
 
 
 def test_a_failing_workload_says_its_own_error_first(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ class InferenceServiceBackend(LocalBackend[InferenceService]):
         meta = {"uid": svc.metadata.uid or "local", "namespace": svc.metadata.namespace or "default"}
         super().__init__(svc.model_copy(update={"metadata": svc.metadata.model_copy(update=meta)}))
         self.urls: list[str] = []
+        self.sources: list[str] = []  # models that came from a TrainingJob's local run
 
     def _resolve(self, source: ModelSource | None, runs_root: Path) -> str | None:
         if source is None or source.training_job is None:
@@ -84,6 +85,8 @@ class InferenceServiceBackend(LocalBackend[InferenceService]):
             model_uri=self._resolve(spec.model, run_dir.parent),
             canary_uri=self._resolve(spec.canary.model if spec.canary else None, run_dir.parent),
         )
+        self.sources = [f"{role} {uri}" for role, uri in (("model from", resolved.model_uri),
+                                                            ("canary from", resolved.canary_uri)) if uri]  # fmt: skip
         rendered = render(self.resource, ServeSettings(), resolved)
         out, self.urls = [], []
         for deployment in (c for c in rendered.children if c["kind"] == "Deployment"):
@@ -107,6 +110,7 @@ class InferenceServiceBackend(LocalBackend[InferenceService]):
             notes.append("one replica locally")
         if spec.canary is not None:
             notes.append(f"the canary on {self.urls[-1]} (locally nothing splits traffic)")
+        notes += self.sources
         extra = f" ({'; '.join(notes)})" if notes else ""
         return f"starting the server for {self.resource.metadata.name!r}{extra}; loading the model…"
 

@@ -172,9 +172,9 @@ def _probe(path: str, period: int, failures: int, timeout: int = 3) -> dict[str,
 
 
 def render_deployment(
-    svc: InferenceService, role: Role, replicas: int | None, settings: ServeSettings, resolved: ServeResolved
+    svc: InferenceService, role: Role, replicas: int, settings: ServeSettings, resolved: ServeResolved
 ) -> dict[str, Any]:
-    """The Deployment of one role; `replicas` None leaves the count to the HorizontalPodAutoscaler."""
+    """The Deployment of one role with `replicas` replicas."""
     spec, runtime = svc.spec, svc.spec.runtime
     mounts = Mounts()
     config = server_config(svc, role, model_path(svc, role, resolved, mounts))
@@ -219,6 +219,7 @@ def render_deployment(
         pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
     labels = role_selector(svc, role)
     deployment_spec: dict[str, Any] = {
+        "replicas": replicas,
         "selector": {"matchLabels": labels},
         # Never fewer ready replicas during a rollout: a new replica must load its model first.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -229,8 +230,6 @@ def render_deployment(
             "spec": pod_spec,
         },
     }
-    if replicas is not None:
-        deployment_spec = {"replicas": replicas, **deployment_spec}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -344,20 +343,25 @@ def render(
     current_primary: int | None = None,
     network: NetworkSettings | None = None,
 ) -> Rendered:
-    """Every child, in creation order. `current_primary` is the primary's replica count now (the HPA
-    moves it): a replicas-mode canary is sized from it."""
+    """Every child, in creation order. `current_primary` is the primary's replica count now.
+
+    Autoscaled, the HorizontalPodAutoscaler moves the primary's count; the Deployment states the count
+    it has now, kept within minReplicas..maxReplicas, so an apply never undoes a scaling decision and a
+    service resumed from zero (which the autoscaler leaves alone) starts at minReplicas. A replicas-mode
+    canary is sized from the primary's count."""
     spec = svc.spec
     mode = traffic_mode(svc, settings)
     wanted = primary_replicas(svc)
     primary = effective_primary(svc, mode, wanted)
     autoscaled = spec.autoscaling is not None and primary > 0  # not while suspended or all on the canary
-    if autoscaled and current_primary:
-        primary = current_primary
+    if autoscaled and spec.autoscaling is not None:
+        low, high = spec.autoscaling.min_replicas, spec.autoscaling.max_replicas
+        primary = min(max(current_primary or low, low), high)
     canary = canary_replicas(svc, primary or wanted, mode)
     children = [render_service(svc)]
     if mode == "gateway-api":
         children += [render_service(svc, "primary"), render_service(svc, "canary"), render_http_route(svc)]
-    children.append(render_deployment(svc, "primary", None if autoscaled else primary, settings, resolved))
+    children.append(render_deployment(svc, "primary", primary, settings, resolved))
     if spec.canary is not None:
         children.append(render_deployment(svc, "canary", canary, settings, resolved))
     if autoscaled:
