@@ -51,9 +51,7 @@ def test_operator_sets_observed_generation_and_conditions(
     spec_change = (
         {"spec": {"suspend": True}}
         if kind in ("TrainingJob", "TuningStudy")
-        else (
-            {"spec": {"clean": {"minChars": 8}}} if kind == "Dataset" else {"spec": {"runtime": {"maxBatchSize": 4}}}
-        )
+        else ({"spec": {"clean": {"minChars": 8}}} if kind == "Dataset" else {"spec": {"runtime": {"maxBatchSize": 4}}})
     )
     kube.patch(resource, name, namespace, spec_change)
     obj = eventually(lambda: observed(2), what=f"{kind} status for generation 2")

@@ -132,7 +132,8 @@ class InferenceServiceSpec(ApiModel):
         default=None,
         description="Split traffic to a candidate model: by HTTPRoute weights where the cluster serves the "
         "Gateway API, otherwise by replica counts under one Service (status.traffic says which). To promote, "
-        "move canary.model to model and remove canary (leptonctl promote does it).",
+        "move canary.model to model and remove canary in one edit: the primary rolls to it replica by replica, "
+        "each new replica taking traffic only once its model is loaded.",
     )
     suspend: bool = Field(default=False, description="Stop serving (no replicas) but keep the resource.")
     env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Extra env for the server.")
