@@ -121,6 +121,17 @@ copy_kwok_stages() {
   log "ready: kwok stages -> $dest"
 }
 
+# The Gateway API's standard-channel CRDs, for the tests of a canary split by HTTPRoute weights.
+copy_gateway_crds() {
+  local dest="$bin_root/gateway-api-$GATEWAY_API_VERSION"
+  [[ -f "$dest/gateway.networking.k8s.io_httproutes.yaml" ]] && return
+  local dir; dir=$(go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir -p "$dest.tmp"
+  cp "$dir"/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml "$dest.tmp/"
+  chmod -R u+w "$dest.tmp" && rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  log "ready: Gateway API CRDs $GATEWAY_API_VERSION -> $dest"
+}
+
 print_env() {
   local n
   for n in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
@@ -131,6 +142,7 @@ print_env() {
   printf 'LEPTON_BIN_KWOKCTL=%s\n' "$(path_of kwokctl "$KWOK_VERSION")"
   printf 'LEPTON_BIN_HELM=%s\n' "$(path_of helm "$HELM_VERSION")"
   printf 'LEPTON_KWOK_STAGES=%s/stages\n' "$(dirname "$(path_of kwok "$KWOK_VERSION")")"
+  printf 'LEPTON_GATEWAY_API_CRDS=%s\n' "$bin_root/gateway-api-$GATEWAY_API_VERSION"
   printf 'LEPTON_KUBERNETES_VERSION=%s\n' "$KUBERNETES_VERSION"
 }
 
@@ -144,6 +156,7 @@ build_go_install kwokctl "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwokctl \
 build_etcd
 build_kubernetes
 copy_kwok_stages
+copy_gateway_crds
 log "all binaries ready in $(($(date +%s) - start))s (cache: $bin_root)"
 [[ "${1:-}" == "--print-env" ]] && print_env
 exit 0

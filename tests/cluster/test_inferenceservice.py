@@ -11,6 +11,7 @@ from typing import Any
 
 from lepton.api.constants import Label
 from lepton.api.contract import SERVER_CONFIG_ENV
+from lepton.cli.devcluster import DevCluster
 from tests.cluster.conftest import OperatorProcess
 from tests.cluster.kube import Kube, eventually
 from tests.cluster.test_trainingjob import finish, trainingjob
@@ -155,9 +156,22 @@ def test_deleting_the_service_removes_every_child(kube: Kube, namespace: str, op
     eventually(empty, timeout=90, what="garbage collection of every child")
 
 
+def claim(kube: Kube, namespace: str, name: str) -> None:
+    """A PersistentVolumeClaim bound to a PersistentVolume made for it (no provisioner here; kwok
+    mounts nothing, the scheduler only needs the claim bound)."""
+    volume = f"{namespace}-{name}"
+    kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume}, "spec": {
+        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+        "hostPath": {"path": f"/tmp/{volume}"}, "claimRef": {"namespace": namespace, "name": name}}})  # fmt: skip
+    kube.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name}, "spec": {
+        "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
+        "resources": {"requests": {"storage": "1Gi"}}}}, namespace)  # fmt: skip
+
+
 def test_a_model_from_a_training_job_waits_until_it_succeeds(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
+    claim(kube, namespace, "models")
     kube.apply(trainingjob("trainer", nodes=1, output={"pvc": {"claimName": "models", "path": "trainer/v1"}}),
                namespace)  # fmt: skip
     kube.apply(service("from-job", model={"trainingJob": {"name": "trainer"}}), namespace)
@@ -181,3 +195,51 @@ def test_a_model_from_a_training_job_waits_until_it_succeeds(
     claims = [v["persistentVolumeClaim"] for v in deployment["spec"]["template"]["spec"]["volumes"]
               if "persistentVolumeClaim" in v]  # fmt: skip
     assert claims == [{"claimName": "models", "readOnly": True}]
+
+
+def test_canary_split_by_httproute_weights_once_a_mesh_accepts_it(
+    kube: Kube, namespace: str, operator: OperatorProcess, dev_cluster: DevCluster
+) -> None:
+    """Runs last in this file: it installs the Gateway API's HTTPRoute CRD (the real one, from the
+    module) into the session's cluster."""
+    crds = dev_cluster.bins.gateway_crds
+    assert crds is not None, "hack/build-binaries.sh provides the Gateway API CRDs"
+    kube.run("apply", "--server-side", "-f", str(crds / "gateway.networking.k8s.io_httproutes.yaml"))
+    listed = ("api-resources", "--api-group=gateway.networking.k8s.io", "-o", "name")
+    eventually(lambda: "httproutes" in kube.run(*listed, check=False).stdout, what="the HTTPRoute API")
+    kube.apply(service("mesh", replicas=3, canary={"model": {"uri": "/m"}, "trafficPercent": 30}), namespace)
+
+    def route() -> dict[str, Any] | None:
+        found = kube.run("get", "httproute", "mesh", "-n", namespace, "-o", "json", check=False)
+        return dict(json.loads(found.stdout)) if found.returncode == 0 else None
+
+    spec = eventually(route, timeout=60, what="the HTTPRoute")["spec"]
+    assert spec["parentRefs"] == [{"group": "", "kind": "Service", "name": "mesh", "port": 80}]
+    assert [(b["name"], b["weight"]) for b in spec["rules"][0]["backendRefs"]] == [("mesh-primary", 70),
+                                                                                   ("mesh-canary", 30)]  # fmt: skip
+    assert kube.get("service", "mesh-canary", namespace)["spec"]["selector"][Label.ROLE] == "canary"
+
+    def split(mode: str) -> dict[str, Any] | None:
+        st = ready(kube, namespace, "mesh")
+        return st if st and (st.get("traffic") or {}).get("mode") == mode else None
+
+    # No mesh has accepted the route: Service `mesh` still selects both roles, so the replicas split.
+    st = eventually(lambda: split("replicas"), timeout=90, what="Ready, split by replicas")
+    assert "not accepted by a mesh yet" in conditions(st)["CanaryReady"]["message"]
+    # A stand-in for a mesh (none can run here): accept the route as a GAMMA implementation would.
+    parent = {"parentRef": spec["parentRefs"][0], "controllerName": "example.com/stand-in-mesh", "conditions": [
+        {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "accepted by the stand-in",
+         "lastTransitionTime": "2026-11-24T00:00:00Z"}]}  # fmt: skip
+    kube.run("patch", "httproute", "mesh", "-n", namespace, "--subresource=status", "--type=merge",
+             "-p", json.dumps({"status": {"parents": [parent]}}))  # fmt: skip
+    st = eventually(lambda: split("gateway-api"), timeout=90, what="the route's weights in force")
+    assert st["traffic"] == {"mode": "gateway-api", "primaryPercent": 70, "canaryPercent": 30}
+
+    kube.run("patch", "inferenceservice", "mesh", "-n", namespace, "--type=json",
+             "-p", json.dumps([{"op": "remove", "path": "/spec/canary"}]))  # fmt: skip
+
+    def pruned() -> bool:
+        names = {s["metadata"]["name"] for s in kube.get("services", namespace=namespace)["items"]}
+        return route() is None and names == {"mesh"}
+
+    eventually(pruned, timeout=90, what="the route and the role Services removed with the canary")

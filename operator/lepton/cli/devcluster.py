@@ -55,6 +55,7 @@ class Binaries:
     paths: dict[str, Path]
     kubernetes_version: str
     stages: Path
+    gateway_crds: Path | None = None  # the Gateway API's CRDs (tests install the HTTPRoute one)
 
     def __getitem__(self, name: str) -> str:
         return str(self.paths[name])
@@ -77,7 +78,9 @@ class Binaries:
             for key, value in env.items()
             if key.startswith("LEPTON_BIN_")
         }
-        return cls(paths, env["LEPTON_KUBERNETES_VERSION"], Path(env["LEPTON_KWOK_STAGES"]))
+        crds = env.get("LEPTON_GATEWAY_API_CRDS")
+        return cls(paths, env["LEPTON_KUBERNETES_VERSION"], Path(env["LEPTON_KWOK_STAGES"]),
+                   Path(crds) if crds else None)  # fmt: skip
 
 
 def advertise_address() -> str | None:

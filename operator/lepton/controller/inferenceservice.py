@@ -22,7 +22,7 @@ from lepton.status.plan import ChildKey, Observed, Plan
 from lepton.status.pods import PodView
 from lepton.status.references import Resolution, references
 
-DISCOVERY_SECONDS = 60.0  # the Gateway API may be installed after the operator started
+REFERENCE_LOOK_SECONDS = 5.0  # while waiting for a model from another resource
 ROUTE_LOOK_SECONDS = 30.0  # a mesh accepting the route writes only the route's status: look for it
 
 
@@ -46,13 +46,15 @@ class InferenceServiceBinding(Binding[InferenceService]):
     )
     fetched = (ChildKind(GATEWAY_API[0], "HTTPRoute", GATEWAY_API[1], pruned=True),)
 
-    def __init__(self, server_image: str, network: NetworkSettings | None = None) -> None:
+    def __init__(self, server_image: str, network: NetworkSettings | None = None, *,
+                 discovery_seconds: float = 60.0) -> None:  # fmt: skip
         self.server_image, self.network = server_image, network
+        self.discovery_seconds = discovery_seconds  # the Gateway API may be installed after the operator started
         self._gateway: bool = False
         self._asked = float("-inf")
 
     async def prepare(self, client: KubeClient) -> None:
-        if time.monotonic() - self._asked >= DISCOVERY_SECONDS:
+        if time.monotonic() - self._asked >= self.discovery_seconds:
             served = await client.serves(*GATEWAY_API)
             if served is not None:  # a failed discovery keeps the last answer and asks again next pass
                 self._gateway, self._asked = served, time.monotonic()
@@ -83,7 +85,12 @@ class InferenceServiceBinding(Binding[InferenceService]):
                 (kind, str(o["metadata"]["name"]))
                 for kind, objs in observed.children.items() if kind != "Pod" for o in objs
             )  # fmt: skip
-            return Plan(status=status, keep=keep, events=inferenceservice_events(resource.status, status))
+            return Plan(
+                status=status,
+                keep=keep,
+                events=inferenceservice_events(resource.status, status),
+                requeue_after=REFERENCE_LOOK_SECONDS,
+            )  # nothing wakes us when the reference changes
         uris = resolution.uris
         autoscaled = resource.spec.autoscaling is not None
         rendered = render(

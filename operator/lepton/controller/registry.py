@@ -48,7 +48,11 @@ def bindings(settings: Settings) -> list[Binding[Any]]:
             progress_key=settings.progress_key,
             network=settings.network(),
         ),
-        InferenceServiceBinding(settings.images.get("server", "lepton/server:0.1.0"), network=settings.network()),
+        InferenceServiceBinding(
+            settings.images.get("server", "lepton/server:0.1.0"),
+            network=settings.network(),
+            discovery_seconds=settings.discovery_seconds,
+        ),
     ]
     done = {b.info.kind for b in built}
     return built + [AwaitingBinding(info) for kind, info in KINDS.items() if kind not in done]

@@ -40,6 +40,7 @@ class Settings:
     operator_namespace: str | None = None  # where the operator runs (downward API); None: out of cluster
     prometheus_namespace: str | None = None  # whose Prometheus may scrape the workloads' metrics ports
     network_policies: bool = True  # a NetworkPolicy per job (needs operator_namespace)
+    discovery_seconds: float = 60.0  # how often optional APIs (the Gateway API) are looked for again
 
     @property
     def clusterwide(self) -> bool:
@@ -91,7 +92,12 @@ class Settings:
         policies = env.get("LEPTON_NETWORK_POLICIES", "true").lower()
         if policies not in ("true", "false"):
             raise SettingsError(f"LEPTON_NETWORK_POLICIES must be true or false, got {policies!r}")
+        discovery = env.get("LEPTON_DISCOVERY_SECONDS", "60")
+        if not discovery.isdigit() or int(discovery) < 1:
+            raise SettingsError(f"LEPTON_DISCOVERY_SECONDS must be a whole number of seconds, at least 1, "
+                                f"got {discovery!r}")  # fmt: skip
         return cls(
+            discovery_seconds=float(discovery),
             progress_key=key.encode() if key else secrets.token_bytes(32),
             progress_key_generated=not key,
             operator_namespace=_namespace(env, "LEPTON_OPERATOR_NAMESPACE"),
