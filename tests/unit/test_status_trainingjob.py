@@ -343,6 +343,7 @@ def test_pod_view_reads_a_real_pod() -> None:
 def test_a_job_waits_for_what_it_references() -> None:
     d = decide(job(), [], NOW, waiting_for=["Dataset 'support-tickets' has no published version yet"])
     assert (d.status.phase, d.create) == ("Pending", False)
+    assert d.requeue_after == 5.0  # nothing wakes it when the Dataset changes: it looks again
     refs = get_condition(d.status.conditions, "ReferencesResolved")
     assert refs is not None and refs.status == "False" and "support-tickets" in refs.message
     resolved = decide(job(status=d.status.to_wire()), [], NOW)

@@ -25,6 +25,7 @@ PENDING, STARTING, RUNNING, RESTARTING = Phase.PENDING, Phase.STARTING, Phase.RU
 SUCCEEDED, FAILED, SUSPENDED = Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED
 TERMINAL = TERMINAL_PHASES
 MAX_FAILURES = 20  # status.failures' maxItems
+REFERENCE_LOOK_SECONDS = 5.0  # while waiting for a Dataset or a model from another resource
 STALLING_WAIT_REASONS = (
     "ImagePullBackOff",
     "ErrImagePull",
@@ -209,7 +210,8 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         message = "; ".join(waiting_for)
         c.set(ConditionType.REFERENCES_RESOLVED, False, Reason.REFERENCE_NOT_READY, message)
         c.story(ready=False, reconciling=True, stalled=False, reason=Reason.REFERENCE_NOT_READY, message=message)
-        return done(PENDING, create=False, keep=frozenset())
+        # Nothing wakes a job when what it references changes: look again.
+        return done(PENDING, create=False, keep=frozenset(), requeue=REFERENCE_LOOK_SECONDS)
     if any(cd.type == ConditionType.REFERENCES_RESOLVED for cd in previous.conditions):
         c.set(ConditionType.REFERENCES_RESOLVED, True, Reason.REFERENCES_READY)
 
