@@ -279,10 +279,15 @@ def test_operator_does_its_whole_job_as_the_charts_service_account(
         ("delete", "networkpolicies.networking.k8s.io", True),
         ("update", "networkpolicies.networking.k8s.io", False),
         ("list", "networkpolicies.networking.k8s.io", False),  # created and read back by name, never listed
-        ("delete", "services", False),
+        ("delete", "services", True),  # an InferenceService's role Services go with its canary
         ("get", "secrets", False),
         ("list", "configmaps", False),
-        ("create", "deployments.apps", False),
+        ("create", "deployments.apps", True),  # one per InferenceService role
+        ("update", "deployments.apps", False),
+        ("create", "horizontalpodautoscalers.autoscaling", True),
+        ("delete", "poddisruptionbudgets.policy", True),
+        ("create", "httproutes.gateway.networking.k8s.io", True),  # a canary split by weight
+        ("list", "httproutes.gateway.networking.k8s.io", False),  # read back by name, never listed
         ("patch", "nodes", False),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", False),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),

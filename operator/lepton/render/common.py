@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lepton.api.common import EnvVar, Resources
+from lepton.api.common import EnvVar, Resources, Scheduling
 from lepton.api.constants import MANAGER, Label
 from lepton.api.kinds import API_VERSION, Resource
 
@@ -94,6 +94,22 @@ def resources(spec: Resources, gpus: int = 0) -> dict[str, Any]:
         out["requests"] = {k: str(v) for k, v in requests.items()}
     if limits:
         out["limits"] = {k: str(v) for k, v in limits.items()}
+    return out
+
+
+def placement(scheduling: Scheduling, gpus: int) -> dict[str, Any]:
+    """Pod-spec fields that place the pods: tolerations (the GPU taint's first when GPUs are asked
+    for), node selector and priority class; only those the spec sets."""
+    out: dict[str, Any] = {}
+    tolerations = [t.to_wire() for t in scheduling.tolerations]
+    if gpus:
+        tolerations.insert(0, GPU_TOLERATION)
+    if tolerations:
+        out["tolerations"] = tolerations
+    if scheduling.node_selector:
+        out["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.priority_class_name:
+        out["priorityClassName"] = scheduling.priority_class_name
     return out
 
 

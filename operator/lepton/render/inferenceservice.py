@@ -26,13 +26,13 @@ from lepton.api.contract import SERVER_CONFIG_ENV, SERVER_PORT, ServerConfig
 from lepton.api.inferenceservice import TrafficMode
 from lepton.api.kinds import InferenceService
 from lepton.render.common import (
-    GPU_TOLERATION,
     RESTRICTED_CONTAINER,
     RESTRICTED_POD,
     Mounts,
     child_metadata,
     merge_env,
     model_location,
+    placement,
     resources,
     secret_env,
     selector,
@@ -208,15 +208,7 @@ def render_deployment(
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}}, *mounts.volumes()],
     }
-    tolerations = [t.to_wire() for t in spec.scheduling.tolerations]
-    if spec.gpus:
-        tolerations.insert(0, GPU_TOLERATION)
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    if spec.scheduling.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
-    if spec.scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    pod_spec |= placement(spec.scheduling, spec.gpus)
     labels = role_selector(svc, role)
     deployment_spec: dict[str, Any] = {
         "replicas": replicas,

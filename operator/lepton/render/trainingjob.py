@@ -17,13 +17,13 @@ from lepton.api.contract import METRICS_PORT, RENDEZVOUS_PORT, TRAINER_CONFIG_EN
 from lepton.api.kinds import TrainingJob
 from lepton.api.trainingjob import TrainingJobSpec, pod_name
 from lepton.render.common import (
-    GPU_TOLERATION,
     RESTRICTED_CONTAINER,
     RESTRICTED_POD,
     Mounts,
     child_metadata,
     merge_env,
     model_location,
+    placement,
     resources,
     secret_env,
     selector,
@@ -278,15 +278,7 @@ def render_pod(
         pod_spec["schedulingGates"] = gates
     if settings.gang_scheduling and minimum > 1 and not spec.scheduling.queue_name:
         pod_spec["schedulingGroup"] = {"podGroupName": pod_group_name(name, attempt)}
-    tolerations = [t.to_wire() for t in spec.scheduling.tolerations]
-    if spec.gpus_per_node:
-        tolerations.insert(0, GPU_TOLERATION)
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    if spec.scheduling.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
-    if spec.scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    pod_spec |= placement(spec.scheduling, spec.gpus_per_node)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

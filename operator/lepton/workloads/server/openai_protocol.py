@@ -77,14 +77,7 @@ class CompletionRequest(Sampling):
     suffix: None = None
 
     def prompts(self) -> list[str]:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts:
-            raise ApiError(400, "prompt: give at least one prompt", param="prompt")
-        if len(prompts) > MAX_PROMPTS:
-            raise ApiError(400, f"prompt: at most {MAX_PROMPTS} prompts per request", param="prompt")
-        for i, text in enumerate(prompts):
-            check_text(text, "prompt" if isinstance(self.prompt, str) else f"prompt[{i}]")
-        return prompts
+        return text_list(self.prompt, "prompt", "prompts")
 
 
 class ChatRequest(Sampling):
@@ -119,11 +112,16 @@ class EmbeddingRequest(Strict):
     user: str | None = Field(default=None, max_length=256)
 
     def texts(self) -> list[str]:
-        texts = [self.input] if isinstance(self.input, str) else self.input
-        if not texts:
-            raise ApiError(400, "input: give at least one text", param="input")
-        if len(texts) > MAX_PROMPTS:
-            raise ApiError(400, f"input: at most {MAX_PROMPTS} texts per request", param="input")
-        for i, text in enumerate(texts):
-            check_text(text, "input" if isinstance(self.input, str) else f"input[{i}]")
-        return texts
+        return text_list(self.input, "input", "texts")
+
+
+def text_list(value: str | list[str], field: str, what: str) -> list[str]:
+    """One text or a list of them (OpenAI accepts both), each checked, at most MAX_PROMPTS."""
+    texts = [value] if isinstance(value, str) else value
+    if not texts:
+        raise ApiError(400, f"{field}: give at least one {what[:-1]}", param=field)
+    if len(texts) > MAX_PROMPTS:
+        raise ApiError(400, f"{field}: at most {MAX_PROMPTS} {what} per request", param=field)
+    for i, text in enumerate(texts):
+        check_text(text, field if isinstance(value, str) else f"{field}[{i}]")
+    return texts
