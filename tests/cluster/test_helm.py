@@ -286,8 +286,8 @@ def test_operator_does_its_whole_job_as_the_charts_service_account(
         ("update", "deployments.apps", False),
         ("create", "horizontalpodautoscalers.autoscaling", True),
         ("delete", "poddisruptionbudgets.policy", True),
-        ("create", "httproutes.gateway.networking.k8s.io", True),  # a canary split by weight
-        ("list", "httproutes.gateway.networking.k8s.io", False),  # read back by name, never listed
+        # HTTPRoutes (get/create/patch/delete, never list) are pinned by the chart's goldens: can-i answers
+        # "no" for a kind the cluster does not serve yet.
         ("patch", "nodes", False),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", False),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),

@@ -95,6 +95,12 @@ class InferenceServiceSpec(ApiModel):
             ),
         ),
         Rule(
+            cel="!has(self.scheduling) || !has(self.scheduling.queueName)",
+            message="scheduling.queueName is not supported yet for InferenceService: Kueue admission of serving "
+            "replicas is not built; remove it",
+            check=lambda s: s.scheduling.queue_name is None,
+        ),
+        Rule(
             cel="self.task == 'causal-lm' || !self.protocols.exists(p, p == 'openai')",
             message="the openai protocol serves completions and embeddings of causal-lm models: drop it for "
             "sequence-classification and embeddings (they are served on v2)",
