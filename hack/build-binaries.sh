@@ -132,6 +132,18 @@ copy_gateway_crds() {
   log "ready: Gateway API CRDs $GATEWAY_API_VERSION -> $dest"
 }
 
+# The Prometheus Operator's ServiceMonitor CRD, for the tests of an InferenceService's ServiceMonitor.
+copy_monitoring_crds() {
+  local dest="$bin_root/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
+  [[ -f "$dest/monitoring.coreos.com_servicemonitors.yaml" ]] && return
+  local dir; dir=$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir -p "$dest.tmp"
+  cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml "$dest.tmp/"
+  chmod -R u+w "$dest.tmp" && rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  log "ready: Prometheus Operator CRDs $PROMETHEUS_OPERATOR_VERSION -> $dest"
+}
+
 print_env() {
   local n
   for n in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
@@ -143,6 +155,7 @@ print_env() {
   printf 'LEPTON_BIN_HELM=%s\n' "$(path_of helm "$HELM_VERSION")"
   printf 'LEPTON_KWOK_STAGES=%s/stages\n' "$(dirname "$(path_of kwok "$KWOK_VERSION")")"
   printf 'LEPTON_GATEWAY_API_CRDS=%s\n' "$bin_root/gateway-api-$GATEWAY_API_VERSION"
+  printf 'LEPTON_MONITORING_CRDS=%s\n' "$bin_root/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
   printf 'LEPTON_KUBERNETES_VERSION=%s\n' "$KUBERNETES_VERSION"
 }
 
@@ -157,6 +170,7 @@ build_etcd
 build_kubernetes
 copy_kwok_stages
 copy_gateway_crds
+copy_monitoring_crds
 log "all binaries ready in $(($(date +%s) - start))s (cache: $bin_root)"
 [[ "${1:-}" == "--print-env" ]] && print_env
 exit 0

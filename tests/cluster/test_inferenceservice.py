@@ -243,3 +243,37 @@ def test_canary_split_by_httproute_weights_once_a_mesh_accepts_it(
         return route() is None and names == {"mesh"}
 
     eventually(pruned, timeout=90, what="the route and the role Services removed with the canary")
+
+
+def test_a_service_monitor_once_the_prometheus_operator_api_is_served(
+    kube: Kube, namespace: str, operator: OperatorProcess, dev_cluster: DevCluster
+) -> None:
+    """Installs the Prometheus Operator's ServiceMonitor CRD (the real one, from its module) into the
+    session's cluster, after serving without it."""
+    crds = dev_cluster.bins.monitoring_crds
+    assert crds is not None, "hack/build-binaries.sh provides the Prometheus Operator's CRDs"
+    listed = ("api-resources", "--api-group=monitoring.coreos.com", "-o", "name")
+    kube.apply(service("watched", replicas=1, serviceMonitor=True), namespace)
+
+    def monitored(status: str, reason: str) -> dict[str, Any] | None:
+        st = ready(kube, namespace, "watched")
+        cond = conditions(st or {}).get("Monitored", {})
+        return st if st and (cond.get("status"), cond.get("reason")) == (status, reason) else None
+
+    if "servicemonitors" not in kube.run(*listed, check=False).stdout:  # a reused cluster may have it
+        st = eventually(lambda: monitored("False", "APINotServed"), timeout=90, what="Monitored=False, served")
+        assert "install the Prometheus Operator's CRDs" in conditions(st)["Monitored"]["message"]
+        kube.run("apply", "--server-side", "-f", str(crds / "monitoring.coreos.com_servicemonitors.yaml"))
+    eventually(lambda: monitored("True", "ServiceMonitorCreated"), timeout=90, what="the ServiceMonitor")
+    monitor = kube.get("servicemonitor", "watched", namespace)
+    uid = kube.get("inferenceservice", "watched", namespace)["metadata"]["uid"]
+    assert [r["uid"] for r in monitor["metadata"]["ownerReferences"] if r.get("controller")] == [uid]
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+
+    kube.patch("inferenceservice", "watched", namespace, {"spec": {"serviceMonitor": False}})
+
+    def removed() -> bool:
+        gone = kube.run("get", "servicemonitor", "watched", "-n", namespace, check=False).returncode != 0
+        return gone and "Monitored" not in conditions(status(kube, namespace, "watched"))
+
+    eventually(removed, timeout=90, what="the ServiceMonitor removed with serviceMonitor: false")

@@ -50,6 +50,7 @@ CASES: dict[str, tuple[dict[str, Any], ServeSettings]] = {
     "canary-replicas": (dict(replicas=4, canary=CANARY), ServeSettings()),
     "canary-gateway-api": (dict(replicas=4, canary=CANARY), GATEWAY),
     "suspended": (dict(replicas=3, canary=CANARY, suspend=True), ServeSettings()),
+    "monitored": (dict(replicas=2, serviceMonitor=True), ServeSettings(service_monitors=True)),
     "gpu-embeddings": (dict(task="embeddings", protocols=["v2"], gpus=1, runtime={"dtype": "float16"},
                             scheduling={"nodeSelector": {"pool": "a100"}, "priorityClassName": "serving"}),
                        ServeSettings()),
@@ -183,3 +184,26 @@ def test_gateway_route_weights_sum_to_100_and_name_the_role_services() -> None:
     services = {c["metadata"]["name"]: c for c in children if c["kind"] == "Service"}
     assert services["chat-canary"]["spec"]["selector"][Label.ROLE] == "canary"
     assert Label.ROLE not in services["chat"]["spec"]["selector"]  # the parent Service: both roles
+
+
+def test_a_service_monitor_only_where_asked_and_served() -> None:
+    def kinds(asked: bool, served: bool) -> set[str]:
+        children = render(service(serviceMonitor=asked), ServeSettings(service_monitors=served), RESOLVED).children
+        return {c["kind"] for c in children}
+
+    cases = [(asked, served) for asked in (True, False) for served in (True, False)]
+    assert [c for c in cases if "ServiceMonitor" in kinds(*c)] == [(True, True)]
+
+
+def test_the_service_monitor_scrapes_each_replica_once() -> None:
+    """Service NAME selects both roles; the role Services (gateway-api mode) are left out."""
+    settings = ServeSettings(gateway_api=True, service_monitors=True)
+    children = render(service(serviceMonitor=True, canary=CANARY), settings, RESOLVED).children
+    (monitor,) = [c for c in children if c["kind"] == "ServiceMonitor"]
+    selector = monitor["spec"]["selector"]
+    picked = [
+        c["metadata"]["name"] for c in children if c["kind"] == "Service"
+        and selector["matchLabels"].items() <= c["metadata"]["labels"].items()
+        and Label.ROLE not in c["metadata"]["labels"]
+    ]  # fmt: skip
+    assert picked == ["chat"] and selector["matchExpressions"] == [{"key": Label.ROLE, "operator": "DoesNotExist"}]

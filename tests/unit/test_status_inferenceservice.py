@@ -242,3 +242,19 @@ def _events(old_case: str, new_case: str) -> list[tuple[str, str]]:
 )
 def test_events(old: str, new: str, expected: list[tuple[str, str]]) -> None:
     assert _events(old, new) == expected
+
+
+@pytest.mark.parametrize(
+    ("asked", "served", "expected"),
+    [(True, True, ("True", "ServiceMonitorCreated")), (True, False, ("False", "APINotServed")),
+     (True, None, None), (False, True, None)],
+)  # fmt: skip
+def test_monitored_condition(asked: bool, served: bool | None, expected: tuple[str, str] | None) -> None:
+    svc = service(serviceMonitor=asked)
+    status = decide(svc, Serving(primary=deployment(2)), Wanted(2), monitoring_api=served, now=NOW)
+    assert condition(status, "Monitored") == expected
+    assert condition(status, "Ready") == ("True", "Serving")  # monitoring never holds serving back
+    if asked and served is False:
+        dropped = decide(service().model_copy(update={"status": status}), Serving(primary=deployment(2)), Wanted(2),
+                         monitoring_api=False, now=NOW)  # fmt: skip
+        assert condition(dropped, "Monitored") is None  # turned off: the condition goes

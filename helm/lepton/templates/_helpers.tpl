@@ -57,6 +57,10 @@ with networkPolicy.enabled, each job's NetworkPolicy. */}}
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: [httproutes]
   verbs: [get, create, patch, delete]
+# InferenceService with serviceMonitor: true, where the Prometheus Operator's CRDs are installed.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: [servicemonitors]
+  verbs: [get, create, patch, delete]
 - apiGroups: ["scheduling.k8s.io"]
   resources: [podgroups]
   verbs: [get, create, patch, delete]

@@ -26,6 +26,7 @@ class ConditionType(StrEnum):
     REFERENCES_RESOLVED = "ReferencesResolved"
     MODEL_LOADED = "ModelLoaded"  # InferenceService: a primary replica has loaded and warmed its model
     CANARY_READY = "CanaryReady"  # InferenceService: the canary serves its share
+    MONITORED = "Monitored"  # InferenceService with serviceMonitor: a ServiceMonitor scrapes it
 
 
 class Reason(StrEnum):
@@ -69,6 +70,8 @@ class Reason(StrEnum):
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     REPLICA_FAILURE = "ReplicaFailure"
     SERVING = "Serving"
+    SERVICE_MONITOR_CREATED = "ServiceMonitorCreated"
+    API_NOT_SERVED = "APINotServed"
     # The operator cannot go on without the user's help
     NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object the resource does not own
     CHILD_REJECTED = "ChildRejected"  # the apiserver refuses a child the spec renders (its message follows)

@@ -144,6 +144,11 @@ class InferenceServiceSpec(ApiModel):
     suspend: bool = Field(default=False, description="Stop serving (no replicas) but keep the resource.")
     env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Extra env for the server.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Priority and placement.")
+    service_monitor: bool = Field(
+        default=False,
+        description="A Prometheus Operator ServiceMonitor scraping every replica's /metrics. Needs the "
+        "monitoring.coreos.com/v1 API; without it the Monitored condition says so and nothing is created.",
+    )
     pod_disruption_budget: bool = Field(
         default=True,
         description="A PodDisruptionBudget: voluntary disruptions (node drains) evict one replica at a time; "

@@ -56,6 +56,7 @@ class Binaries:
     kubernetes_version: str
     stages: Path
     gateway_crds: Path | None = None  # the Gateway API's CRDs (tests install the HTTPRoute one)
+    monitoring_crds: Path | None = None  # the Prometheus Operator's ServiceMonitor CRD (tests install it)
 
     def __getitem__(self, name: str) -> str:
         return str(self.paths[name])
@@ -78,9 +79,9 @@ class Binaries:
             for key, value in env.items()
             if key.startswith("LEPTON_BIN_")
         }
-        crds = env.get("LEPTON_GATEWAY_API_CRDS")
+        gateway, monitoring = env.get("LEPTON_GATEWAY_API_CRDS"), env.get("LEPTON_MONITORING_CRDS")
         return cls(paths, env["LEPTON_KUBERNETES_VERSION"], Path(env["LEPTON_KWOK_STAGES"]),
-                   Path(crds) if crds else None)  # fmt: skip
+                   Path(gateway) if gateway else None, Path(monitoring) if monitoring else None)  # fmt: skip
 
 
 def advertise_address() -> str | None:

@@ -13,7 +13,7 @@ from lepton.api import KINDS, InferenceService
 from lepton.api.common import ModelSource
 from lepton.controller.kube import KubeClient
 from lepton.controller.reconciler import IDLE_SECONDS, Binding, ChildKind, Key
-from lepton.render.inferenceservice import GATEWAY_API, ServeResolved, ServeSettings, render
+from lepton.render.inferenceservice import GATEWAY_API, MONITORING_API, ServeResolved, ServeSettings, render
 from lepton.render.networkpolicy import NetworkSettings
 from lepton.status.clock import rfc3339
 from lepton.status.events import inferenceservice_events
@@ -44,26 +44,33 @@ class InferenceServiceBinding(Binding[InferenceService]):
         ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", pruned=True),
         ChildKind("v1", "Pod", "pods", read_only=True),
     )
-    fetched = (ChildKind(GATEWAY_API[0], "HTTPRoute", GATEWAY_API[1], pruned=True),)
+    fetched = (
+        ChildKind(GATEWAY_API[0], "HTTPRoute", GATEWAY_API[1], pruned=True),
+        ChildKind(MONITORING_API[0], "ServiceMonitor", MONITORING_API[1], pruned=True),
+    )
 
     def __init__(self, server_image: str, network: NetworkSettings | None = None, *,
                  discovery_seconds: float = 60.0) -> None:  # fmt: skip
         self.server_image, self.network = server_image, network
         self.discovery_seconds = discovery_seconds  # the Gateway API may be installed after the operator started
         self._gateway: bool = False
+        self._monitoring: bool | None = None
         self._asked = float("-inf")
 
     async def prepare(self, client: KubeClient) -> None:
         if time.monotonic() - self._asked >= self.discovery_seconds:
-            served = await client.serves(*GATEWAY_API)
-            if served is not None:  # a failed discovery keeps the last answer and asks again next pass
-                self._gateway, self._asked = served, time.monotonic()
+            gateway, monitoring = await client.serves(*GATEWAY_API), await client.serves(*MONITORING_API)
+            if gateway is not None and monitoring is not None:  # a failed discovery keeps the last answers
+                self._gateway, self._monitoring, self._asked = gateway, monitoring, time.monotonic()
 
     async def fetch_children(self, client: KubeClient, key: Key, body: Mapping[str, Any]) -> dict[str, list[Any]]:
-        if not self._gateway:
-            return {}
-        route = await client.get(GATEWAY_API[0], "HTTPRoute", key[0], key[1])
-        return {"HTTPRoute": [route] if route is not None else []}
+        found: dict[str, list[Any]] = {}
+        for served, (api_version, _), kind in ((self._gateway, GATEWAY_API, "HTTPRoute"),
+                                                (self._monitoring, MONITORING_API, "ServiceMonitor")):  # fmt: skip
+            if served:
+                obj = await client.get(api_version, kind, key[0], key[1])
+                found[kind] = [obj] if obj is not None else []
+        return found
 
     def plan(self, resource: InferenceService, observed: Observed, resolution: Resolution, now: datetime,
              extra: Any) -> Plan:  # fmt: skip
@@ -95,7 +102,7 @@ class InferenceServiceBinding(Binding[InferenceService]):
         autoscaled = resource.spec.autoscaling is not None
         rendered = render(
             resource,
-            ServeSettings(self.server_image, self._gateway),
+            ServeSettings(self.server_image, self._gateway, bool(self._monitoring)),
             ServeResolved(model_uri=uris.get("model"), canary_uri=uris.get("canary")),
             current_primary=primary.spec_replicas if primary is not None and autoscaled else None,
             network=self.network,
@@ -104,7 +111,8 @@ class InferenceServiceBinding(Binding[InferenceService]):
         if resource.spec.canary is not None:
             models["canary"] = uris.get("canary") or source_location(resource.spec.canary.model)
         wanted = Wanted(rendered.primary_replicas, rendered.canary_replicas, rendered.mode)
-        status = decide(resource, serving, wanted, models=models, has_references=has_refs, now=stamp)
+        status = decide(resource, serving, wanted, models=models, has_references=has_refs,
+                        monitoring_api=self._monitoring, now=stamp)  # fmt: skip
         return Plan(
             status=status,
             children=rendered.children,
@@ -113,6 +121,10 @@ class InferenceServiceBinding(Binding[InferenceService]):
         )
 
     def next_look(self, body: Mapping[str, Any]) -> tuple[float, bool]:
-        if self._gateway and (body.get("spec") or {}).get("canary"):
+        spec = body.get("spec") or {}
+        if self._gateway and spec.get("canary"):
             return ROUTE_LOOK_SECONDS, True
+        if (spec.get("canary") and not self._gateway) or (spec.get("serviceMonitor") and not self._monitoring):
+            # An API it would use may be installed any time: a forced pass asks discovery again.
+            return max(self.discovery_seconds, 1.0), True
         return IDLE_SECONDS, False

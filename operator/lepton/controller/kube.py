@@ -91,6 +91,7 @@ PLURALS = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HTTPRoute": "httproutes",
+    "ServiceMonitor": "servicemonitors",
 }
 
 

@@ -47,6 +47,7 @@ PROBE_PERIOD = 5
 SERVER_COMMAND = ("python", "-m", "lepton.workloads.server")
 SERVER_ENV = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp/home", "HF_HOME": "/tmp/hf", "TOKENIZERS_PARALLELISM": "false"}
 GATEWAY_API = ("gateway.networking.k8s.io/v1", "httproutes")
+MONITORING_API = ("monitoring.coreos.com/v1", "servicemonitors")
 # Metric names the HorizontalPodAutoscaler asks the custom metrics API for (prometheus-adapter's
 # default rules serve a gauge under its own name and a counter `x_total` as the per-second rate `x`).
 POD_METRICS = {"concurrency": "lepton_server_inflight_requests", "rps": "lepton_server_requests"}
@@ -56,6 +57,7 @@ POD_METRICS = {"concurrency": "lepton_server_inflight_requests", "rps": "lepton_
 class ServeSettings:
     server_image: str = "lepton/server:0.1.0"
     gateway_api: bool = False  # the cluster serves gateway.networking.k8s.io/v1 HTTPRoutes
+    service_monitors: bool = False  # the cluster serves monitoring.coreos.com/v1 ServiceMonitors
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,8 @@ def render_service(svc: InferenceService, role: Role | None = None) -> dict[str,
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": child_metadata(svc, name, COMPONENT),
+        # A role Service carries its role, so that a ServiceMonitor selects Service NAME alone.
+        "metadata": child_metadata(svc, name, COMPONENT, **({Label.ROLE: role} if role else {})),
         "spec": {
             "type": "ClusterIP",
             "selector": selector(svc) if role is None else role_selector(svc, role),
@@ -263,6 +266,23 @@ def render_http_route(svc: InferenceService) -> dict[str, Any]:
             ]}],
         },
     }  # fmt: skip
+
+
+def render_service_monitor(svc: InferenceService) -> dict[str, Any]:
+    """Prometheus Operator: scrape /metrics of every replica behind Service NAME (both roles, each
+    pod once: the role Services are left out)."""
+    return {
+        "apiVersion": MONITORING_API[0],
+        "kind": "ServiceMonitor",
+        "metadata": child_metadata(svc, svc.metadata.name, COMPONENT),
+        "spec": {
+            "selector": {
+                "matchLabels": selector(svc),
+                "matchExpressions": [{"key": Label.ROLE, "operator": "DoesNotExist"}],
+            },
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+        },
+    }
 
 
 def render_autoscaler(svc: InferenceService) -> dict[str, Any]:
@@ -362,7 +382,9 @@ def render(
         children.append(render_disruption_budget(svc))
     if network is not None:
         children.append(render_network_policy(svc))
+    if spec.service_monitor and settings.service_monitors:
+        children.append(render_service_monitor(svc))
     return Rendered(children, mode, primary, canary)
 
 
-__all__ = ["GATEWAY_API", "Rendered", "ServeResolved", "ServeSettings", "render"]
+__all__ = ["GATEWAY_API", "MONITORING_API", "Rendered", "ServeResolved", "ServeSettings", "render"]

@@ -181,6 +181,16 @@ def _role_state(
     return False, reason, message, False
 
 
+def _monitored(s: Story[InferenceServiceStatus], svc: InferenceService, served: bool) -> None:
+    if served:
+        s.set(ConditionType.MONITORED, True, Reason.SERVICE_MONITOR_CREATED,
+              f"ServiceMonitor {svc.metadata.name!r} scrapes /metrics of every replica")  # fmt: skip
+    else:
+        s.set(ConditionType.MONITORED, False, Reason.API_NOT_SERVED,
+              "the cluster does not serve monitoring.coreos.com/v1 ServiceMonitors (install the Prometheus "
+              "Operator's CRDs): no ServiceMonitor was created")  # fmt: skip
+
+
 def _loaded(serves: bool, view: DeploymentView | None, wanted: int, reason: str, message: str) -> tuple[bool, str, str]:
     """A role's loaded-model condition: True (ModelLoaded) while any replica serves, even when others fail."""
     if serves:
@@ -196,9 +206,11 @@ def decide(
     waiting: Sequence[str] = (),
     models: Mapping[str, str] | None = None,
     has_references: bool = False,
+    monitoring_api: bool | None = None,
     now: str,
 ) -> InferenceServiceStatus:
-    """The status for this observation. `wanted` is None while references are unresolved."""
+    """The status for this observation. `wanted` is None while references are unresolved;
+    `monitoring_api` is whether the cluster serves ServiceMonitors (None: not known yet)."""
     generation = int(svc.metadata.generation or 0)
     s = Story(svc.status, generation, now)
     s.update(url=url(svc), selector=primary_selector(svc), observed_generation=generation)
@@ -216,8 +228,12 @@ def decide(
         model=models.get("model", svc.status.model),
         canary_model=models.get("canary") if svc.spec.canary else None,
     )
-    if svc.spec.canary is None:
-        s.update(conditions=[c for c in s.status.conditions if c.type != ConditionType.CANARY_READY])
+    dropped = {ConditionType.CANARY_READY} if svc.spec.canary is None else set()
+    if not svc.spec.service_monitor:
+        dropped.add(ConditionType.MONITORED)
+    elif monitoring_api is not None:
+        _monitored(s, svc, monitoring_api)
+    s.update(conditions=[c for c in s.status.conditions if c.type not in dropped])
     if waiting or wanted is None:
         message = "waiting for the model: " + "; ".join(waiting)
         s.set(ConditionType.MODEL_LOADED, False, Reason.REFERENCE_NOT_READY, message)
