@@ -66,3 +66,36 @@ def test_invalid_message_says_what_to_fix() -> None:
     new = invalid_spec(TrainingJobStatus(), 1, "spec.nodes: Invalid value: 0", T0)
     ready = get_condition(new.conditions, "Ready")
     assert ready is not None and "spec.nodes" in ready.message
+
+
+# (the stall's reason, the phase before) -> after `recovered`: Stalled, phase
+RECOVERIES = [
+    ("NameConflict", "Stalled", ("False", "Reconciled"), "Pending"),
+    ("ChildRejected", "Stalled", ("False", "Reconciled"), "Pending"),
+    ("ReconcileError", "Running", ("False", "Reconciled"), "Running"),
+    ("InvalidSpec", "Invalid", ("True", "InvalidSpec"), "Invalid"),  # the user's to fix, not the kernel's
+]
+
+
+@pytest.mark.parametrize(("reason", "phase", "stalled_after", "phase_after"), RECOVERIES)
+def test_a_kernel_stall_ends_once_a_pass_goes_through(
+    reason: str, phase: str, stalled_after: tuple[str, str], phase_after: str
+) -> None:
+    from lepton.status.lifecycle import is_kernel_stall, kernel_stall, recovered
+
+    status = kernel_stall(TrainingJobStatus(), 4, reason, "why", T0).model_copy(update={"phase": phase})
+    assert is_kernel_stall(status) == (reason != "InvalidSpec")
+    after = recovered(status, T1)
+    assert (conditions(after)["Stalled"], after.phase) == (stalled_after, phase_after)
+    untouched = TrainingJobStatus(phase="Running")
+    assert recovered(untouched, T1) is untouched  # no stall: the very same status (no events derived)
+
+
+def test_a_kernel_stall_keeps_the_rest_of_the_status() -> None:
+    from lepton.status.lifecycle import kernel_stall
+
+    before = TrainingJobStatus(phase="Running", restarts=2)
+    after = kernel_stall(before, 3, "ChildRejected", "the apiserver rejected Pod 'x'", T0)
+    assert (after.phase, after.restarts, after.observed_generation) == ("Stalled", 2, 3)
+    stall = get_condition(after.conditions, "Stalled")
+    assert stall is not None and (stall.status, stall.reason) == ("True", "ChildRejected")

@@ -28,8 +28,8 @@ import kopf
 
 from lepton.api import KindInfo, Resource
 from lepton.api.common import CommonStatus
-from lepton.api.conditions import ConditionType, EventReason, Reason, get_condition, set_condition
-from lepton.api.constants import TERMINAL_PHASES, Phase
+from lepton.api.conditions import EventReason, Reason
+from lepton.api.constants import TERMINAL_PHASES
 from lepton.api.kinds import API_VERSION
 from lepton.api.validation import ManifestError, parse
 from lepton.controller.children import ChildRejectedError, NameConflictError, converge, owned
@@ -39,7 +39,7 @@ from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.patching import status_patch
 from lepton.status.clock import rfc3339, ttl_remaining
 from lepton.status.events import common_events
-from lepton.status.lifecycle import invalid_spec, stalled
+from lepton.status.lifecycle import invalid_spec, is_kernel_stall, kernel_stall, recovered
 from lepton.status.plan import ChildKey, EventNote, Observed, Plan
 from lepton.status.references import Resolution, references, resolve
 
@@ -50,7 +50,6 @@ log = logging.getLogger("lepton.reconciler")
 ERROR_BACKOFF = (1.0, 60.0)  # first retry after an error, cap
 STALL_AFTER = 5  # consecutive failed passes before the error is written into status
 IDLE_SECONDS = 300.0  # a quiet object is looked at this often anyway
-KERNEL_STALLS = (Reason.NAME_CONFLICT, Reason.CHILD_REJECTED, Reason.RECONCILE_ERROR)
 STALL_RETRY = (5.0, 300.0)  # first look again after a kernel stall, cap
 
 
@@ -253,14 +252,14 @@ class Reconciler(Generic[R]):
                            created=state.created if state.created is not None else set())  # fmt: skip
         except (NameConflictError, ChildRejectedError) as exc:
             reason = Reason.NAME_CONFLICT if isinstance(exc, NameConflictError) else Reason.CHILD_REJECTED
-            status = _stalled(resource.status, int(meta.get("generation") or 0), reason, str(exc))
+            status = kernel_stall(resource.status, int(meta.get("generation") or 0), reason, str(exc), _stamp())
         else:
-            status, state.stalls = _recovered(status), 0
+            status, state.stalls = recovered(status, _stamp()), 0
         events = list(plan.events) if status is plan.status else common_events(resource.status, status)
         await self._write_status(body, resource.status, status, events)
         state.written = status.to_wire()
         self.metrics.observe_phase(self.kind, str(meta.get("namespace")), str(meta.get("name")), status.phase)
-        if status is not plan.status and _is_kernel_stall(status):
+        if status is not plan.status and is_kernel_stall(status):
             # What stalls it may go away without an event of ours (a user deletes the object holding the
             # name, an admin creates a PriorityClass): look again, less and less often.
             state.stalls += 1
@@ -308,7 +307,7 @@ class Reconciler(Generic[R]):
 
     async def _write_stall(self, body: Mapping[str, Any], reason: str, message: str) -> None:
         previous = _previous_status(self.binding.info.status, body)
-        new = _stalled(previous, int(_meta(body).get("generation") or 0), reason, message)
+        new = kernel_stall(previous, int(_meta(body).get("generation") or 0), reason, message, _stamp())
         await self._write_status(body, previous, new, common_events(previous, new))
 
 
@@ -326,27 +325,6 @@ def _previous_status(model: type[CommonStatus], body: Mapping[str, Any]) -> Comm
         return model.model_validate(dict(body.get("status") or {}))
     except ValueError:  # a status the schema allowed but the model does not (an older operator wrote it)
         return model()
-
-
-def _stalled(previous: CommonStatus, generation: int, reason: str, message: str) -> CommonStatus:
-    return stalled(previous, generation, reason, message, _stamp()).model_copy(update={"phase": Phase.STALLED})
-
-
-def _is_kernel_stall(status: CommonStatus) -> bool:
-    cond = get_condition(status.conditions, ConditionType.STALLED)
-    return cond is not None and cond.status == "True" and cond.reason in KERNEL_STALLS
-
-
-def _recovered(status: CommonStatus) -> CommonStatus:
-    """A stall the kernel wrote (a conflict, a rejected child, a persistent error) ends once a pass
-    goes through: a kind's plan need not know about it."""
-    if not _is_kernel_stall(status):
-        return status
-    generation = status.observed_generation or 0
-    conds = set_condition(status.conditions, ConditionType.STALLED, "False", Reason.RECONCILED, "",
-                          observed_generation=generation, now=_stamp())  # fmt: skip
-    phase = Phase.PENDING if status.phase == Phase.STALLED else status.phase
-    return status.model_copy(update={"conditions": conds, "phase": phase})
 
 
 def _canonical(value: Any) -> str:

@@ -10,14 +10,11 @@ from __future__ import annotations
 from typing import TypeVar
 
 from lepton.api.common import CommonStatus
-from lepton.api.conditions import Reason
+from lepton.api.conditions import ConditionType, Reason, get_condition, set_condition
 from lepton.api.constants import Phase
 from lepton.status.story import Story
 
 S = TypeVar("S", bound=CommonStatus)
-
-PHASE_INVALID = Phase.INVALID
-PHASE_PENDING = Phase.PENDING
 
 
 def invalid_spec(previous: S, generation: int, message: str, now: str) -> S:
@@ -49,3 +46,29 @@ def stalled(previous: S, generation: int, reason: str, message: str, now: str) -
     s.story(ready=False, reconciling=False, stalled=True, reason=reason, message=message)
     s.update(observed_generation=generation)
     return s.status
+
+
+# Stalls the kernel writes, whatever the kind: a name taken by someone else's object, a child the
+# apiserver refuses, an error that persisted. A kind's plan knows nothing of them.
+KERNEL_STALLS = (Reason.NAME_CONFLICT, Reason.CHILD_REJECTED, Reason.RECONCILE_ERROR)
+
+
+def kernel_stall(previous: S, generation: int, reason: str, message: str, now: str) -> S:
+    """The kernel's stall: the cause in words, phase Stalled, everything else kept."""
+    return stalled(previous, generation, reason, message, now).model_copy(update={"phase": Phase.STALLED})
+
+
+def is_kernel_stall(status: CommonStatus) -> bool:
+    cond = get_condition(status.conditions, ConditionType.STALLED)
+    return cond is not None and cond.status == "True" and cond.reason in KERNEL_STALLS
+
+
+def recovered(status: S, now: str) -> S:
+    """A kernel stall ends once a pass goes through: Stalled=False, and a Stalled phase back to
+    Pending (the kind's next plan tells the rest). Any other status is returned as it is."""
+    if not is_kernel_stall(status):
+        return status
+    conds = set_condition(status.conditions, ConditionType.STALLED, "False", Reason.RECONCILED, "",
+                          observed_generation=status.observed_generation or 0, now=now)  # fmt: skip
+    phase = Phase.PENDING if status.phase == Phase.STALLED else status.phase
+    return status.model_copy(update={"conditions": conds, "phase": phase})

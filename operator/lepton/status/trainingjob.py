@@ -21,9 +21,6 @@ from lepton.status.pods import PodView
 from lepton.status.progress import progress_from
 from lepton.status.story import Story
 
-PENDING, STARTING, RUNNING, RESTARTING = Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.RESTARTING
-SUCCEEDED, FAILED, SUSPENDED = Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED
-TERMINAL = TERMINAL_PHASES
 MAX_FAILURES = 20  # status.failures' maxItems
 REFERENCE_LOOK_SECONDS = 5.0  # while waiting for a Dataset or a model from another resource
 STALLING_WAIT_REASONS = (
@@ -65,7 +62,7 @@ def _failure(pod: PodView, attempt: int, now: datetime, *, elastic: bool = False
 
 
 def _first_failure(pods: Sequence[PodView], attempt: int, now: datetime) -> Failure | None:
-    failed = [p for p in pods if p.phase == FAILED]
+    failed = [p for p in pods if p.phase == Phase.FAILED]
     if not failed:
         return None
     return _failure(min(failed, key=lambda p: (p.created or now, p.name)), attempt, now)
@@ -85,8 +82,8 @@ def _elastic_losses(pods: Sequence[PodView], total: int, minimum: int) -> list[P
     torchrun's agents on the surviving pods re-form the rendezvous without the lost ones (from the
     latest checkpoint) as long as at least minNodes run. Pod 0 hosts the c10d rendezvous: losing it
     restarts the gang."""
-    failed = [p for p in pods if p.phase == FAILED]
-    running = [p for p in pods if p.phase == RUNNING]
+    failed = [p for p in pods if p.phase == Phase.FAILED]
+    running = [p for p in pods if p.phase == Phase.RUNNING]
     if minimum == total or not failed or any(p.index == 0 for p in failed) or len(running) < minimum:
         return []
     return failed
@@ -121,12 +118,12 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     c = Story(status, generation, rfc3339(now))
 
     def done(phase: str, *, create: bool, keep: frozenset[str], requeue: float | None = None) -> Decision:
-        running = sum(p.phase == RUNNING for p in current)
+        running = sum(p.phase == Phase.RUNNING for p in current)
         st = c.status.model_copy(update={"phase": phase, "ready": f"{running if create else 0}/{total}"})
         return Decision(st, attempt, create, keep, requeue)
 
     # Finished jobs keep their finished pods (for logs) and nothing else.
-    if previous.phase in TERMINAL:
+    if previous.phase in TERMINAL_PHASES:
         return done(previous.phase, create=False, keep=frozenset(p.name for p in current if p.finished))
 
     # Time spent running so far, suspended time excluded.
@@ -138,7 +135,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         c.story(ready=False, reconciling=False, stalled=False, reason=Reason.SUSPENDED, message="Suspended")
         c.status = c.status.model_copy(update={"active_seconds": active if started else previous.active_seconds,
                                                "start_time": None})  # fmt: skip
-        return done(SUSPENDED, create=False, keep=frozenset())
+        return done(Phase.SUSPENDED, create=False, keep=frozenset())
     if resuming:
         c.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "Resumed from the latest checkpoint")
 
@@ -147,7 +144,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         c.set(ConditionType.SUCCEEDED, False, reason, message)
         c.story(ready=False, reconciling=False, stalled=False, reason=reason, message=message)
         c.status = c.status.model_copy(update={"completion_time": rfc3339(now), "next_attempt_time": None})
-        return done(FAILED, create=False, keep=frozenset(p.name for p in current if p.finished))
+        return done(Phase.FAILED, create=False, keep=frozenset(p.name for p in current if p.finished))
 
     if spec.active_deadline_seconds is not None and active > spec.active_deadline_seconds:
         return fail(Reason.DEADLINE_EXCEEDED, f"Running for {active}s, past activeDeadlineSeconds "
@@ -159,7 +156,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     if lost and (not new or previous.restarts + len(new) <= spec.backoff_limit):
         # Elastic: go on with the survivors; the lost pods are deleted and created again, and rejoin.
         failed = {p.name for p in lost}
-        survivors = sum(p.phase == RUNNING for p in current)
+        survivors = sum(p.phase == Phase.RUNNING for p in current)
         detail = ", ".join(f"{p.name}: {p.terminated_reason or 'Error'}" for p in lost)
         message = f"Going on with {survivors} of {total} nodes (minNodes {minimum}); replacing {detail}"
         c.status = c.status.model_copy(update={
@@ -167,7 +164,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
             "failures": _recorded(previous.failures, [_failure(p, attempt, now, elastic=True) for p in new]),
         })  # fmt: skip
         c.story(ready=True, reconciling=True, stalled=False, reason=Reason.NODE_LOST, message=message)
-        return done(RUNNING, create=True, keep=names - failed)
+        return done(Phase.RUNNING, create=True, keep=names - failed)
 
     failure = _first_failure(current, attempt, now)
     if failure is not None:
@@ -191,12 +188,12 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
             "active_seconds": active if started else previous.active_seconds,
             "start_time": None,
         })  # fmt: skip
-        return Decision(c.status.model_copy(update={"phase": RESTARTING, "ready": f"0/{total}"}),
+        return Decision(c.status.model_copy(update={"phase": Phase.RESTARTING, "ready": f"0/{total}"}),
                         attempt + 1, False, frozenset(), wait)  # fmt: skip
 
     next_attempt = parse_time(previous.next_attempt_time)
     if next_attempt is not None and now < next_attempt:
-        return done(RESTARTING, create=False, keep=frozenset(), requeue=(next_attempt - now).total_seconds())
+        return done(Phase.RESTARTING, create=False, keep=frozenset(), requeue=(next_attempt - now).total_seconds())
     c.status = c.status.model_copy(update={"next_attempt_time": None})
 
     # A new gang starts only once the previous one is gone: its pods still hold GPUs and ports.
@@ -204,35 +201,35 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     if lingering:
         c.story(ready=False, reconciling=True, stalled=False, reason=Reason.RESTARTING,
                 message=f"Waiting for {len(lingering)} pod(s) of the previous attempt to terminate")  # fmt: skip
-        return done(RESTARTING, create=False, keep=frozenset(), requeue=1.0)
+        return done(Phase.RESTARTING, create=False, keep=frozenset(), requeue=1.0)
 
     if waiting_for and not current:  # references first: a gang starts only with everything it reads
         message = "; ".join(waiting_for)
         c.set(ConditionType.REFERENCES_RESOLVED, False, Reason.REFERENCE_NOT_READY, message)
         c.story(ready=False, reconciling=True, stalled=False, reason=Reason.REFERENCE_NOT_READY, message=message)
         # Nothing wakes a job when what it references changes: look again.
-        return done(PENDING, create=False, keep=frozenset(), requeue=REFERENCE_LOOK_SECONDS)
+        return done(Phase.PENDING, create=False, keep=frozenset(), requeue=REFERENCE_LOOK_SECONDS)
     if any(cd.type == ConditionType.REFERENCES_RESOLVED for cd in previous.conditions):
         c.set(ConditionType.REFERENCES_RESOLVED, True, Reason.REFERENCES_READY)
 
-    succeeded = [p for p in current if p.phase == SUCCEEDED]
+    succeeded = [p for p in current if p.phase == Phase.SUCCEEDED]
     if current and len(succeeded) >= minimum and all(p.finished for p in current):
         c.set(ConditionType.SUCCEEDED, True, Reason.SUCCEEDED, f"All {len(succeeded)} nodes finished")
         c.set(ConditionType.FAILED, False, Reason.SUCCEEDED)
         c.story(ready=False, reconciling=False, stalled=False, reason=Reason.SUCCEEDED, message="Training finished")
         c.status = c.status.model_copy(update={"completion_time": rfc3339(now), "output_model": output_location(job)})
-        return done(SUCCEEDED, create=False, keep=frozenset(p.name for p in current))
+        return done(Phase.SUCCEEDED, create=False, keep=frozenset(p.name for p in current))
 
     stalled_pod = next((p for p in current if p.waiting_reason in STALLING_WAIT_REASONS), None)
     unschedulable = next((p for p in current if p.unschedulable is not None and not p.scheduled), None)
     created = min((p.created for p in current if p.created), default=None)
-    running = [p for p in current if p.phase in (RUNNING, SUCCEEDED)]
+    running = [p for p in current if p.phase in (Phase.RUNNING, Phase.SUCCEEDED)]
     if len(running) >= minimum and len(current) >= minimum:
         if not started:
             c.status = c.status.model_copy(update={"start_time": rfc3339(now)})
         c.story(ready=True, reconciling=False, stalled=False, reason=Reason.RUNNING,
                 message=f"{len(running)} of {total} nodes running")  # fmt: skip
-        return done(RUNNING, create=True, keep=names)
+        return done(Phase.RUNNING, create=True, keep=names)
 
     if spec.startup_deadline_seconds is not None and created is not None:
         waited = (now - created).total_seconds()
@@ -248,16 +245,16 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     if stalled_pod is not None:
         c.story(ready=False, reconciling=False, stalled=True, reason=str(stalled_pod.waiting_reason),
                 message=f"{stalled_pod.name}: {stalled_pod.waiting_message}".rstrip(": "))  # fmt: skip
-        return done(STARTING, create=True, keep=names)
+        return done(Phase.STARTING, create=True, keep=names)
     if unschedulable is not None:
         c.story(ready=False, reconciling=True, stalled=False, reason=Reason.UNSCHEDULABLE,
                 message=f"No pod starts until all {minimum} fit: {unschedulable.unschedulable}")  # fmt: skip
-        return done(PENDING, create=True, keep=names)
+        return done(Phase.PENDING, create=True, keep=names)
     scheduled = sum(p.scheduled for p in current)
     if current and scheduled >= minimum:
         c.story(ready=False, reconciling=True, stalled=False, reason=Reason.STARTING,
                 message=f"{len(running)} of {total} nodes running")  # fmt: skip
-        return done(STARTING, create=True, keep=names)
+        return done(Phase.STARTING, create=True, keep=names)
     c.story(ready=False, reconciling=True, stalled=False, reason=Reason.PENDING,
             message=f"Waiting for {minimum} nodes to be scheduled together ({scheduled} scheduled)")  # fmt: skip
-    return done(PENDING, create=True, keep=names)
+    return done(Phase.PENDING, create=True, keep=names)
