@@ -30,14 +30,10 @@ from typing import Any
 
 import pytest
 
+from lepton.local.backend import free_port
+
 NAME = "tiny"
 HEADERS = {"Content-Type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

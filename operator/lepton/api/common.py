@@ -71,6 +71,10 @@ class PvcPath(ApiModel):
     path: str = Field(default="", description="Path inside the volume; empty means its root.", max_length=1024)
     read_only: bool | None = Field(default=None, description="Mount read-only. Defaults per use.")
 
+    def location(self) -> str:
+        """As status and references name it: pvc://CLAIM/PATH (render/common.model_location mounts it)."""
+        return f"pvc://{self.claim_name}/{self.path}".rstrip("/")
+
 
 class DatasetRef(ApiModel):
     """A Dataset in the same namespace, optionally pinned to one content-hash version."""

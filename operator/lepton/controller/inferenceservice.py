@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from lepton.api import KINDS, InferenceService
-from lepton.api.common import ModelSource
 from lepton.controller.kube import KubeClient
 from lepton.controller.reconciler import IDLE_SECONDS, Binding, ChildKind, Key
 from lepton.render.inferenceservice import GATEWAY_API, MONITORING_API, ServeResolved, ServeSettings, render
@@ -20,19 +19,10 @@ from lepton.status.events import inferenceservice_events
 from lepton.status.inferenceservice import DeploymentView, RouteView, Serving, Wanted, decide
 from lepton.status.plan import ChildKey, Observed, Plan
 from lepton.status.pods import PodView
-from lepton.status.references import Resolution, references
+from lepton.status.references import Resolution, references, source_location
 
 REFERENCE_LOOK_SECONDS = 5.0  # while waiting for a model from another resource
 ROUTE_LOOK_SECONDS = 30.0  # a mesh accepting the route writes only the route's status: look for it
-
-
-def source_location(source: ModelSource) -> str:
-    """How status names a model given directly (one from another resource shows its resolved location)."""
-    if source.pvc is not None:
-        return f"pvc://{source.pvc.claim_name}/{source.pvc.path}".rstrip("/")
-    if source.hub is not None:
-        return f"hub://{source.hub.id}"
-    return source.uri or ""
 
 
 class InferenceServiceBinding(Binding[InferenceService]):

@@ -20,9 +20,8 @@ from lepton.api.common import ModelSource
 from lepton.api.contract import SERVER_CONFIG_ENV, SERVER_PORT
 from lepton.api.kinds import InferenceService
 from lepton.local.backend import LocalBackend, LocalProcess, LocalRunError, free_port
+from lepton.local.trainingjob import METADATA
 from lepton.render.inferenceservice import ServeResolved, ServeSettings, render
-
-TRAINED = "lepton-training.json"  # the trainer writes it beside the final model, last
 
 
 def _port_free(port: int) -> bool:
@@ -46,7 +45,7 @@ def trained_model(runs_root: Path, job: str) -> Path:
             continue
         uri = ((doc.get("spec") or {}).get("output") or {}).get("uri")
         out = Path(str(uri).removeprefix("file://")) if uri else None
-        if out is not None and (out / TRAINED).is_file():
+        if out is not None and (out / METADATA).is_file():
             found.append((manifest.stat().st_mtime, out))
     if not found:
         raise LocalRunError(

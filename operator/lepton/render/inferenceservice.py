@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from lepton.api.constants import Label
@@ -66,7 +66,6 @@ class ServeResolved:
 
     model_uri: str | None = None
     canary_uri: str | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 def deployment_name(svc: InferenceService, role: Role) -> str:
@@ -75,11 +74,6 @@ def deployment_name(svc: InferenceService, role: Role) -> str:
 
 def role_selector(svc: InferenceService, role: Role) -> dict[str, str]:
     return selector(svc) | {Label.ROLE: role}
-
-
-def selector_string(labels: dict[str, str]) -> str:
-    """A label selector in the string form of the scale subresource (`kubectl scale`, the HPA)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def traffic_mode(svc: InferenceService, settings: ServeSettings) -> TrafficMode | None:
@@ -181,7 +175,6 @@ def render_deployment(
     mounts = Mounts()
     config = server_config(svc, role, model_path(svc, role, resolved, mounts))
     ours = [{"name": SERVER_CONFIG_ENV, "value": json.dumps(config.to_wire(), sort_keys=True)}]
-    ours += [{"name": k, "value": v} for k, v in resolved.extra_env.items()]
     source = spec.canary.model if role == "canary" and spec.canary else spec.model
     if source.hub is not None and source.hub.token_secret_ref is not None:
         ours.append(secret_env("HF_TOKEN", source.hub.token_secret_ref.name, source.hub.token_secret_ref.key))

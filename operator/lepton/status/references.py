@@ -26,6 +26,15 @@ class Resolution:
         return not self.waiting
 
 
+def source_location(source: ModelSource) -> str:
+    """How status names a model given directly (one from another resource shows its resolved location)."""
+    if source.pvc is not None:
+        return source.pvc.location()
+    if source.hub is not None:
+        return f"hub://{source.hub.id}"
+    return source.uri or ""
+
+
 def _model_refs(source: ModelSource | None) -> list[Ref]:
     if source is None:
         return []

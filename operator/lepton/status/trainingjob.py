@@ -45,7 +45,7 @@ def output_location(job: TrainingJob) -> str:
     """Where the final model is, in the form modelFrom references resolve to."""
     out = job.spec.output
     if out.pvc is not None:
-        return f"pvc://{out.pvc.claim_name}/{out.pvc.path}".rstrip("/")
+        return out.pvc.location()
     return out.uri or ""
 
 
