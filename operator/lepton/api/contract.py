@@ -1,5 +1,6 @@
-"""The contract between the operator and the trainer workload: one JSON document, validated on both
-sides. The trainer never reads the TrainingJob itself; the operator resolves references and paths."""
+"""The contracts between the operator and its workloads (trainer, server, data): one JSON document
+each, validated on both sides. A workload never reads its resource itself; the operator (or the local
+backend) resolves references and paths."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from lepton.api.base import ApiModel
+from lepton.api.base import ApiModel, exactly_one
+from lepton.api.dataset import Augment, Decontaminate, Split, Step
 from lepton.api.inferenceservice import ALL_PROTOCOLS, Protocol, ServeTask
 from lepton.api.trainingjob import DistillationSpec, Hyperparameters, Task
 
@@ -124,3 +126,52 @@ class ServerConfig(ApiModel):
     metadata: dict[str, str] = Field(
         default_factory=dict, description="Lineage shown on GET /v2/models/{name} (e.g. the source TrainingJob)."
     )
+
+
+DATA_CONFIG_ENV = "LEPTON_DATA_CONFIG"
+DATA_FORMAT_VERSION = "1"  # bump when the same inputs and pipeline would give different output bytes
+TERMINATION_LOG = "/dev/termination-log"
+
+
+class DataInput(ApiModel):
+    """One source as the pod sees it: a mounted path, a URL, an S3 location or a hub dataset. Secrets
+    arrive only as the names of environment variables set from secretKeyRefs."""
+
+    rules = (exactly_one("path", "url", "s3Uri", "hubId", where="data input"),)
+
+    format: Literal["auto", "jsonl", "csv", "parquet", "text"] = Field(default="auto", description="File format.")
+    path: str | None = Field(default=None, description="A local or mounted file or directory.")
+    url: str | None = Field(default=None, description="http(s) URL of one file.")
+    sha256: str | None = Field(default=None, description="Expected SHA-256 of the downloaded file.")
+    headers_env: str | None = Field(default=None, description="Env var with extra headers, one 'Name: value' a line.")
+    s3_uri: str | None = Field(default=None, description="s3://bucket/key, or s3://bucket/prefix/.")
+    endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL.")
+    region: str | None = Field(default=None, description="S3 region.")
+    access_key_env: str | None = Field(default=None, description="Env var holding the S3 access key id.")
+    secret_key_env: str | None = Field(default=None, description="Env var holding the S3 secret access key.")
+    hub_id: str | None = Field(default=None, description="Hub dataset repository id.")
+    revision: str | None = Field(default=None, description="Hub revision.")
+    files: str = Field(default="*", description="Hub: glob of the files to read.")
+    token_env: str | None = Field(default=None, description="Env var holding the hub token.")
+
+
+class DataConfig(ApiModel):
+    """Everything one preparation (`python -m lepton.workloads.data`) needs, as one JSON document in
+    $LEPTON_DATA_CONFIG. The operator and the local backend build it from the Dataset."""
+
+    dataset: str = Field(description="namespace/name of the Dataset, for logs and the manifest.")
+    sources: list[DataInput] = Field(min_length=1, description="Inputs, concatenated in order.")
+    text_field: str = Field(default="text", description="Default text column.")
+    pipeline: list[Step] = Field(default_factory=list, description="Steps, in order.")
+    split: Split | None = Field(default=None, description="Split; none: every row is train.")
+    decontaminate: Decontaminate | None = Field(default=None, description="Decontamination.")
+    augment: Augment | None = Field(default=None, description="Augmentation of the training split.")
+    tokenizer_path: str | None = Field(default=None, description="Directory with tokenizer.json (tokenize).")
+    max_length: int = Field(default=512, ge=1, description="Tokenize: most tokens per row.")
+    output_dir: str = Field(description="Root of the versions: <output_dir>/versions/<version>/.")
+    retain: int = Field(default=3, ge=1, description="Published versions kept.")
+    memory_limit_bytes: int | None = Field(
+        default=None, ge=1, description="The pod's memory limit: batch sizes are chosen to stay well under it."
+    )
+    metrics_port: int = Field(default=METRICS_PORT, ge=0, le=65535, description="Prometheus and /progress (0: off).")
+    termination_log: str = Field(default=TERMINATION_LOG, description="Where the PreparationSummary is written.")

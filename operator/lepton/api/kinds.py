@@ -84,6 +84,15 @@ class _Envelope(ApiModel):
 
 
 class Dataset(_Envelope):
+    rules = (
+        Rule(
+            cel="self.metadata.name.size() <= 54",
+            message="Dataset names are at most 54 characters: its preparation Jobs are named NAME-<8 hex digits>, "
+            "and a Job name becomes a label value (at most 63)",
+            check=lambda dataset: len(dataset.metadata.name) <= 54,
+        ),
+    )
+
     kind: Literal["Dataset"] = Field(description="Dataset")
     spec: DatasetSpec
     status: DatasetStatus = Field(default_factory=DatasetStatus)
