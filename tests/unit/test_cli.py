@@ -139,11 +139,8 @@ INVALID = sorted(EXAMPLES.glob("invalid/*.yaml"))
 @pytest.mark.parametrize(
     "target, line",
     [
-        (EXAMPLES / "dataset.yaml",
-         "leptonctl run does not run Dataset yet (it runs TrainingJob, InferenceService); "
-         "on a cluster: kubectl apply -f"),
         (EXAMPLES / "tuningstudy.yaml",
-         "leptonctl run does not run TuningStudy yet (it runs TrainingJob, InferenceService); "
+         "leptonctl run does not run TuningStudy yet (it runs Dataset, TrainingJob, InferenceService); "
          "on a cluster: kubectl apply -f"),
         (EXAMPLES / "invalid",
          f"leptonctl run: expected one resource in {EXAMPLES / 'invalid'}, found {len(INVALID)} ("),

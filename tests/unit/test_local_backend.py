@@ -19,6 +19,7 @@ from lepton.api.kinds import Dataset, TrainingJob
 from lepton.api.validation import parse
 from lepton.local import BACKENDS, LocalBackend, LocalRunError, RunOptions, run
 from lepton.local.backend import LocalProcess, error_line, progress_line
+from lepton.local.dataset import DatasetBackend
 from lepton.local.inferenceservice import InferenceServiceBackend
 from lepton.local.trainingjob import TrainingJobBackend
 from tests.conftest import EXAMPLES
@@ -58,7 +59,8 @@ def test_progress_line_reads_the_typed_report() -> None:
 
 
 def test_the_table_of_backends_by_kind() -> None:
-    assert set(BACKENDS) == {"TrainingJob", "InferenceService"}
+    assert set(BACKENDS) == {"Dataset", "TrainingJob", "InferenceService"}
+    assert BACKENDS["Dataset"] is DatasetBackend
     assert BACKENDS["TrainingJob"] is TrainingJobBackend
     assert BACKENDS["InferenceService"] is InferenceServiceBackend
 

@@ -66,3 +66,29 @@ def test_model_from_a_tuningstudys_best_trial() -> None:
     assert not resolve(j, {("TuningStudy", "s"): {"status": {}}}).ready
     best = {"status": {"bestTrial": {"number": 3, "value": "0.1", "model": "pvc://m/t3"}}}
     assert resolve(j, {("TuningStudy", "s"): best}).uris == {"model": "pvc://m/t3"}
+
+
+PUBLISHED = {"status": {"conditions": READY, "version": "bbbb", "versions": ["bbbb", "aaaa"],
+                        "location": "pvc://datasets/t/versions/bbbb"}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ref", "recorded", "uri", "version", "waiting"),
+    [
+        ({"name": "support-tickets"}, None, "pvc://datasets/t/versions/bbbb/train", "bbbb", None),
+        ({"name": "support-tickets", "version": "aaaa", "split": "validation"}, None,
+         "pvc://datasets/t/versions/aaaa/validation", "aaaa", None),
+        ({"name": "support-tickets", "version": "cccc"}, None, None, None, "has no version 'cccc'"),
+        # a job that started on a version keeps it (a gang restart reads the same data)
+        ({"name": "support-tickets"}, "aaaa", "pvc://datasets/t/versions/aaaa/train", "aaaa", None),
+    ],
+    ids=["current", "pinned-older", "pinned-unknown", "recorded-by-the-job"],
+)  # fmt: skip
+def test_dataset_versions(ref: dict[str, Any], recorded: str | None, uri: str | None, version: str | None,
+                          waiting: str | None) -> None:  # fmt: skip
+    j = job(data={"datasetRef": ref})
+    if recorded:
+        j = j.model_copy(update={"status": j.status.model_copy(update={"dataset_version": recorded})})
+    r = resolve(j, {("Dataset", "support-tickets"): PUBLISHED})
+    assert r.uris.get("data") == uri and r.dataset_version == version
+    assert (waiting in " ".join(r.waiting)) if waiting else r.ready

@@ -53,6 +53,10 @@ with networkPolicy.enabled, each job's NetworkPolicy. */}}
 - apiGroups: ["policy"]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# Dataset: its preparation Jobs (their pods are read above, for the termination message).
+- apiGroups: ["batch"]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch, delete]
 # Canary traffic split by weight, where the cluster serves the Gateway API.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: [httproutes]

@@ -72,6 +72,10 @@ class Reason(StrEnum):
     SERVING = "Serving"
     SERVICE_MONITOR_CREATED = "ServiceMonitorCreated"
     API_NOT_SERVED = "APINotServed"
+    # Dataset lifecycle words (a failed preparation's reason is the workload's: SourceUnreachable, BadFormat…)
+    PREPARING = "Preparing"
+    PREPARED = "Prepared"
+    VERSION_REUSED = "VersionReused"
     # The operator cannot go on without the user's help
     NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object the resource does not own
     CHILD_REJECTED = "ChildRejected"  # the apiserver refuses a child the spec renders (its message follows)
@@ -98,6 +102,9 @@ class EventReason(StrEnum):
     MODEL_LOAD_FAILED = "ModelLoadFailed"
     SERVING = "Serving"
     TRAFFIC_SHIFTED = "TrafficShifted"
+    PREPARING = "Preparing"
+    PREPARED = "Prepared"
+    PREPARATION_FAILED = "PreparationFailed"
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

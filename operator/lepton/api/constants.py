@@ -18,6 +18,7 @@ class Label:
     NODE_INDEX = "lepton.ai/node-index"  # rank of a training pod's node
     RENDEZVOUS_ID = "lepton.ai/rendezvous-id"  # annotation: torchrun rendezvous id
     ROLE = "lepton.ai/role"  # a serving pod's role: primary or canary
+    REFRESH = "lepton.ai/refresh"  # annotation on a Dataset's preparation pods: spec.refresh
     FAKE_OUTCOME = "lepton.ai/fake-outcome"  # kwok test stages only (not a GPU, not a runtime)
     APP_NAME = "app.kubernetes.io/name"
     APP_INSTANCE = "app.kubernetes.io/instance"
@@ -38,6 +39,8 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    PREPARING = "Preparing"  # Dataset: a preparation Job runs
+    READY = "Ready"  # Dataset: a version is published
     INVALID = "Invalid"
     STALLED = "Stalled"
 

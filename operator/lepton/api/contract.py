@@ -26,6 +26,8 @@ class TrainerData(ApiModel):
     text_field: str = Field(default="text", description="Column with the text.")
     label_field: str = Field(default="label", description="Column with the label.")
     validation_fraction: float = Field(default=0.0, ge=0, lt=1, description="Held-out fraction.")
+    dataset: str | None = Field(default=None, description="The Dataset read (datasetRef), for the model's metadata.")
+    dataset_version: str | None = Field(default=None, description="Its version, for the model's metadata.")
 
 
 class TrainerConfig(ApiModel):

@@ -351,7 +351,8 @@ class DatasetSpec(ApiModel):
         default=None, description="Data image; default: the operator's data image.", max_length=1024
     )
     resources: Resources = Field(
-        default_factory=Resources, description="CPU/memory of the preparation pod; memory bounds its batches."
+        default_factory=Resources,
+        description="CPU/memory of the preparation pod (default: 1 CPU, 2Gi); the memory limit bounds its batches.",
     )
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Priority and placement.")
 

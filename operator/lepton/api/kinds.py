@@ -216,8 +216,10 @@ KINDS: dict[str, KindInfo] = {
             columns=(
                 PHASE,
                 PrinterColumn("Version", ".status.version", description="Current content-hash version"),
-                PrinterColumn("Train", ".status.rows.train", "integer", "Rows in the training split"),
+                PrinterColumn("Rows", ".status.totalRows", "integer", "Rows of the current version, all splits"),
                 AGE,
+                PrinterColumn("Train", ".status.rows.train", "integer", "Rows in the training split", priority=1),
+                PrinterColumn("Job", ".status.job", description="Preparation Job of the current spec", priority=1),
             ),
         ),
         KindInfo(

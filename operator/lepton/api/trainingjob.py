@@ -244,6 +244,9 @@ class TrainingJobStatus(CommonStatus):
     progress: Progress | None = Field(default=None, description="Training progress.")
     latest_checkpoint: str | None = Field(default=None, description="Location of the newest checkpoint.")
     output_model: str | None = Field(default=None, description="Location of the final model once written.")
+    dataset_version: str | None = Field(
+        default=None, description="Version of the referenced Dataset the job trains on, recorded when it starts."
+    )
     failures: list[Failure] = Field(
         default_factory=list, max_length=20, description="Recent rank failures, oldest first (the first is kept)."
     )

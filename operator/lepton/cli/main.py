@@ -120,7 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        return run(backend(resource), RunOptions(args.runs_dir, echo, tty=sys.stderr.isatty(), fresh=args.fresh))
+        return run(
+            backend(resource, args.runs_dir), RunOptions(args.runs_dir, echo, tty=sys.stderr.isatty(), fresh=args.fresh)
+        )
     except LocalRunError as exc:
         return fail(exc)
 

@@ -92,6 +92,7 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HTTPRoute": "httproutes",
     "ServiceMonitor": "servicemonitors",
+    "Job": "jobs",
 }
 
 

@@ -15,6 +15,7 @@ import kopf
 from lepton.api import GROUP, KINDS, VERSION
 from lepton.api.constants import Label
 from lepton.controller.awaiting import AwaitingBinding
+from lepton.controller.dataset import DatasetBinding
 from lepton.controller.events import EventRecorder
 from lepton.controller.inferenceservice import InferenceServiceBinding
 from lepton.controller.kube import KubeClient
@@ -22,6 +23,7 @@ from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.reconciler import Binding, Reconciler
 from lepton.controller.settings import Settings
 from lepton.controller.trainingjob import TrainingJobBinding
+from lepton.render.dataset import DataSettings
 from lepton.render.trainingjob import RenderSettings
 
 
@@ -53,6 +55,7 @@ def bindings(settings: Settings) -> list[Binding[Any]]:
             network=settings.network(),
             discovery_seconds=settings.discovery_seconds,
         ),
+        DatasetBinding(DataSettings(settings.images.get("data", DataSettings.data_image)), network=settings.network()),
     ]
     done = {b.info.kind for b in built}
     return built + [AwaitingBinding(info) for kind, info in KINDS.items() if kind not in done]

@@ -79,14 +79,18 @@ class TrainingJobBinding(Binding[TrainingJob]):
             token = progress_token(self.progress_key, resource.metadata.uid or "-")
             uris = resolution.uris
             resolved = Resolved(model_uri=uris.get("model"), data_uri=uris.get("data"),
-                                teacher_uri=uris.get("teacher"), extra_env={PROGRESS_TOKEN_ENV: token})  # fmt: skip
+                                dataset_version=resolution.dataset_version, teacher_uri=uris.get("teacher"),
+                                extra_env={PROGRESS_TOKEN_ENV: token})  # fmt: skip
             children += [c for c in render(resource, decision.attempt, settings, resolved)
                          if c["kind"] == "PodGroup" or c["metadata"]["name"] in decision.keep]  # fmt: skip
+        status = decision.status
+        if decision.create and resolution.dataset_version and not status.dataset_version:
+            status = status.model_copy(update={"dataset_version": resolution.dataset_version})  # trains on it
         return Plan(
-            status=decision.status,
+            status=status,
             children=children,
             keep=frozenset(("Pod", name) for name in decision.keep),
-            events=trainingjob_events(resource.status, decision.status),
+            events=trainingjob_events(resource.status, status),
             requeue_after=decision.requeue_after,
         )
 

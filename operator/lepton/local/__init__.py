@@ -9,9 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from lepton.local.backend import LocalBackend, LocalRunError, RunOptions, run
+from lepton.local.dataset import DatasetBackend
 from lepton.local.inferenceservice import InferenceServiceBackend
 from lepton.local.trainingjob import TrainingJobBackend
 
-BACKENDS: dict[str, type[LocalBackend[Any]]] = {b.kind: b for b in (TrainingJobBackend, InferenceServiceBackend)}
+BACKENDS: dict[str, type[LocalBackend[Any]]] = {
+    b.kind: b for b in (DatasetBackend, TrainingJobBackend, InferenceServiceBackend)
+}
 
 __all__ = ["BACKENDS", "LocalBackend", "LocalRunError", "RunOptions", "run"]

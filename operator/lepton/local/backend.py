@@ -73,8 +73,9 @@ class LocalBackend(ABC, Generic[R]):
     kind: ClassVar[str]
     serves: ClassVar[bool] = False  # a server runs until stopped: Ctrl-C is its normal end (exit 0)
 
-    def __init__(self, resource: R) -> None:
+    def __init__(self, resource: R, runs_root: Path = Path(".lepton/runs")) -> None:
         self.resource = resource
+        self.runs_root = runs_root  # where earlier runs (of the resources this one references) are
 
     @abstractmethod
     def processes(self, run_dir: Path) -> list[LocalProcess]:

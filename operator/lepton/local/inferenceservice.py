@@ -59,7 +59,7 @@ class InferenceServiceBackend(LocalBackend[InferenceService]):
     kind = "InferenceService"
     serves = True
 
-    def __init__(self, svc: InferenceService) -> None:
+    def __init__(self, svc: InferenceService, runs_root: Path = Path(".lepton/runs")) -> None:
         if svc.spec.suspend:
             raise LocalRunError("spec.suspend is true: a suspended InferenceService serves nothing")
         for role, source in (("model", svc.spec.model), ("canary.model", svc.spec.canary.model if svc.spec.canary
@@ -69,7 +69,7 @@ class InferenceServiceBackend(LocalBackend[InferenceService]):
                 raise LocalRunError(f"locally, {role} cannot come from {what}: use uri (a local directory), a "
                                     "hub id or a TrainingJob run locally")  # fmt: skip
         meta = {"uid": svc.metadata.uid or "local", "namespace": svc.metadata.namespace or "default"}
-        super().__init__(svc.model_copy(update={"metadata": svc.metadata.model_copy(update=meta)}))
+        super().__init__(svc.model_copy(update={"metadata": svc.metadata.model_copy(update=meta)}), runs_root)
         self.urls: list[str] = []
         self.sources: list[str] = []  # models that came from a TrainingJob's local run
 

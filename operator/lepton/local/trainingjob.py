@@ -21,7 +21,8 @@ from typing import Any
 from lepton.api.contract import TRAINER_CONFIG_ENV, TrainerConfig
 from lepton.api.kinds import TrainingJob
 from lepton.local.backend import LocalBackend, LocalProcess, LocalRunError, free_port
-from lepton.render.trainingjob import RenderSettings, render
+from lepton.local.dataset import published_dataset
+from lepton.render.trainingjob import RenderSettings, Resolved, render
 
 __all__ = ["TrainingJobBackend", "free_port"]
 
@@ -38,19 +39,23 @@ def _number(value: Any) -> str:
 class TrainingJobBackend(LocalBackend[TrainingJob]):
     kind = "TrainingJob"
 
-    def __init__(self, job: TrainingJob) -> None:
+    def __init__(self, job: TrainingJob, runs_root: Path = Path(".lepton/runs")) -> None:
         spec = job.spec
         if spec.gpus_per_node:
             raise LocalRunError("gpusPerNode > 0: the local backend runs on CPU; set gpusPerNode: 0 (backend gloo)")
         if spec.model.hub is None and spec.model.uri is None:
             raise LocalRunError("locally, model must be a uri (a local directory) or a hub id")
-        if spec.data.uri is None:
-            raise LocalRunError("locally, data must be a uri (a local file or directory)")
+        if spec.data.uri is None and spec.data.dataset_ref is None:
+            raise LocalRunError("locally, data must be a uri (a local file or directory) or a datasetRef")
         if spec.suspend:
             raise LocalRunError("spec.suspend is true: a suspended TrainingJob runs no pod")
         super().__init__(job.model_copy(update={"metadata": job.metadata.model_copy(
-            update={"uid": job.metadata.uid or "local"})}))  # fmt: skip
-        self.pods = [c for c in render(self.resource, 0, RenderSettings()) if c["kind"] == "Pod"]
+            update={"uid": job.metadata.uid or "local"})}), runs_root)  # fmt: skip
+        resolved = Resolved()
+        if (ref := spec.data.dataset_ref) is not None:  # the version its latest local preparation published
+            directory, version = published_dataset(runs_root, ref.name, ref.version)
+            resolved = Resolved(data_uri=str(directory / ref.split), dataset_version=version)
+        self.pods = [c for c in render(self.resource, 0, RenderSettings(), resolved) if c["kind"] == "Pod"]
         (container,) = self.pods[0]["spec"]["containers"]
         self.config = TrainerConfig.model_validate_json(_env(container)[TRAINER_CONFIG_ENV])
         self.output, self.checkpoints = Path(self.config.output_dir), Path(self.config.checkpoint_dir)

@@ -30,7 +30,7 @@ class NetworkSettings:
     prometheus_namespace: str | None = None
 
 
-def _namespace(name: str) -> dict[str, Any]:
+def namespace_peer(name: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: name}}}
 
 
@@ -53,7 +53,7 @@ def render_network_policy(job: TrainingJob, settings: NetworkSettings) -> dict[s
             "policyTypes": ["Ingress"],
             "ingress": [
                 {"from": [{"podSelector": {"matchLabels": selector(job)}}]},  # the gang: all ports
-                {"from": [_namespace(n) for n in readers], "ports": [metrics_port]},
+                {"from": [namespace_peer(n) for n in readers], "ports": [metrics_port]},
             ],
         },
     }

@@ -62,6 +62,7 @@ class Resolved:
 
     model_uri: str | None = None
     data_uri: str | None = None
+    dataset_version: str | None = None  # the Dataset version data_uri points at
     teacher_uri: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -102,7 +103,7 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> Trai
         model_path = _strip_file(model.uri or "")
     data = spec.data
     if resolved.data_uri:
-        data_path = _strip_file(resolved.data_uri)
+        data_path = model_location(resolved.data_uri, mounts)  # a Dataset on a PVC is mounted read-only
     elif data.pvc is not None:
         data_path = mounts.path(data.pvc.claim_name, data.pvc.path, read_only=True)
     else:
@@ -128,6 +129,8 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> Trai
             text_field=data.text_field,
             label_field=data.label_field,
             validation_fraction=data.validation_fraction,
+            dataset=data.dataset_ref.name if data.dataset_ref else None,
+            dataset_version=resolved.dataset_version,
         ),
         hyperparameters=spec.hyperparameters,
         backend=backend(spec),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from lepton.api.common import CommonStatus
 from lepton.api.conditions import ConditionType, EventReason, Reason, get_condition, is_true
 from lepton.api.constants import Phase
+from lepton.api.dataset import DatasetStatus
 from lepton.api.inferenceservice import InferenceServiceStatus
 from lepton.api.trainingjob import TrainingJobStatus
 from lepton.status.plan import EventNote
@@ -83,4 +84,20 @@ def inferenceservice_events(old: InferenceServiceStatus, new: InferenceServiceSt
         notes.append(EventNote(EventReason.SUSPENDED, "Replicas scaled to zero; the service is kept"))
     elif old.phase == Phase.SUSPENDED and new.phase != Phase.SUSPENDED:
         notes.append(EventNote(EventReason.RESUMED, "Replicas starting again"))
+    return notes
+
+
+def dataset_events(old: DatasetStatus, new: DatasetStatus) -> list[EventNote]:
+    notes = [n for n in common_events(old, new) if new.phase != Phase.FAILED]  # a failure is told once, below
+    if new.job and new.job != old.job and new.phase == Phase.PREPARING:
+        notes.append(EventNote(EventReason.PREPARING, _message(new, ConditionType.RECONCILING)))
+    if new.prepared_spec == old.prepared_spec:
+        return notes
+    if new.phase == Phase.READY:
+        notes.append(EventNote(EventReason.PREPARED, _message(new, ConditionType.READY)))
+    elif new.phase == Phase.FAILED:
+        cond = get_condition(new.conditions, ConditionType.STALLED)
+        reason = cond.reason if cond is not None else ""
+        notes.append(EventNote(EventReason.PREPARATION_FAILED, f"{reason}: {_message(new, ConditionType.STALLED)}",
+                               "Warning"))  # fmt: skip
     return notes

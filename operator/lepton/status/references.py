@@ -20,6 +20,7 @@ Ref = tuple[str, str]  # (kind, name) in the job's namespace
 class Resolution:
     uris: dict[str, str] = field(default_factory=dict)  # "model" | "data" | "teacher" -> location
     waiting: list[str] = field(default_factory=list)  # why not yet, one line per reference
+    dataset_version: str | None = None  # the version of the referenced Dataset that "data" points at
 
     @property
     def ready(self) -> bool:
@@ -113,15 +114,22 @@ def resolve(resource: Resource, found: Mapping[Ref, Mapping[str, Any] | None]) -
         elif why:
             waiting.append(why)
     ref = dataset_ref(resource)
+    version: str | None = None
     if ref is not None:
         obj = found.get(("Dataset", ref.name))
         status = (obj or {}).get("status", {})
+        # A job keeps the version it started with: after a gang restart it reads the same data.
+        pinned = ref.version or (resource.status.dataset_version if isinstance(resource, TrainingJob) else None)
         if obj is None:
             waiting.append(f"Dataset {ref.name!r} not found")
         elif not _is_ready(obj) or not status.get("location"):
             waiting.append(f"Dataset {ref.name!r} has no published version yet")
-        elif ref.version and ref.version != status.get("version") and ref.version not in status.get("versions", []):
-            waiting.append(f"Dataset {ref.name!r} has no version {ref.version!r}")
+        elif pinned and pinned != status.get("version") and pinned not in status.get("versions", []):
+            waiting.append(f"Dataset {ref.name!r} has no version {pinned!r}")
         else:
-            uris["data"] = f"{status['location'].rstrip('/')}/{ref.split}"
-    return Resolution(uris, waiting)
+            location = str(status["location"]).rstrip("/")
+            version = pinned or status.get("version")
+            if version and version != status.get("version"):  # an older version beside the current one
+                location = f"{location.rsplit('/', 1)[0]}/{version}"
+            uris["data"] = f"{location}/{ref.split}"
+    return Resolution(uris, waiting, version)
