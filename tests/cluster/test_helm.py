@@ -185,6 +185,12 @@ def _sa_kubeconfig(dev_cluster: DevCluster, kube: Kube, release: dict[str, str],
     return path
 
 
+def gang(kube: Kube, namespace: str) -> set[str]:
+    """The TrainingJob's live pods (the examples' Dataset has a preparation pod too)."""
+    return {p["metadata"]["name"] for p in live_pods(kube, namespace)
+            if p["metadata"]["labels"].get(Label.KIND) == "TrainingJob"}  # fmt: skip
+
+
 def take_a_job_through_its_life(kube: Kube, namespace: str) -> None:
     """A TrainingJob with plain URIs (nothing to wait for): its pods and Service are created, a failed
     rank restarts the gang (pods deleted and created again), and its TTL deletes it when done."""
@@ -193,13 +199,13 @@ def take_a_job_through_its_life(kube: Kube, namespace: str) -> None:
     assert kube.get("service", "rbac-job", namespace)["spec"]["clusterIP"] == "None"
     policy = kube.get("networkpolicy", "rbac-job", namespace)  # the operator knows its namespace here
     assert policy["spec"]["podSelector"]["matchLabels"] == {Label.KIND: "TrainingJob", Label.NAME: "rbac-job"}
-    first = {p["metadata"]["name"] for p in live_pods(kube, namespace)}
+    first = gang(kube, namespace)
     assert first == {pod_name("rbac-job", 0, i) for i in range(2)}
     finish(kube, namespace, pod_name("rbac-job", 0, 1), "Failed")
 
     def restarted() -> dict[str, Any] | None:
         st = status(kube, namespace, "rbac-job")
-        names = {p["metadata"]["name"] for p in live_pods(kube, namespace)}
+        names = gang(kube, namespace)
         again = st.get("restarts") == 1 and st.get("phase") == "Running"
         return st if again and names == {pod_name("rbac-job", 1, i) for i in range(2)} else None
 
@@ -284,6 +290,9 @@ def test_operator_does_its_whole_job_as_the_charts_service_account(
         ("list", "configmaps", False),
         ("create", "deployments.apps", True),  # one per InferenceService role
         ("update", "deployments.apps", False),
+        ("create", "jobs.batch", True),  # a Dataset's preparation Job
+        ("delete", "jobs.batch", True),  # the Job of a Dataset's earlier spec
+        ("update", "jobs.batch", False),
         ("create", "horizontalpodautoscalers.autoscaling", True),
         ("delete", "poddisruptionbudgets.policy", True),
         # HTTPRoutes (get/create/patch/delete, never list) are pinned by the chart's goldens: can-i answers

@@ -40,7 +40,7 @@ def test_operator_sets_observed_generation_and_conditions(
     assert conds["Ready"]["status"] == "False" and conds["Reconciling"]["status"] == "True"
     assert conds["Stalled"]["status"] == "False"
     assert all(c["observedGeneration"] == 1 and c["reason"] and c["lastTransitionTime"] for c in conds.values())
-    assert obj["status"]["phase"] == "Pending"
+    assert obj["status"]["phase"] == ("Preparing" if kind == "Dataset" else "Pending")
     # kopf's bookkeeping lives in annotations under our prefix, never in status.
     assert not any(k.startswith("kopf") for k in obj["status"])
     assert all(k.startswith("lepton.ai/") for k in obj["metadata"].get("annotations", {}) if "kopf" in k)
@@ -51,7 +51,7 @@ def test_operator_sets_observed_generation_and_conditions(
     spec_change = (
         {"spec": {"suspend": True}}
         if kind in ("TrainingJob", "TuningStudy")
-        else ({"spec": {"clean": {"minChars": 8}}} if kind == "Dataset" else {"spec": {"runtime": {"maxBatchSize": 4}}})
+        else ({"spec": {"retain": 5}} if kind == "Dataset" else {"spec": {"runtime": {"maxBatchSize": 4}}})
     )
     kube.patch(resource, name, namespace, spec_change)
     obj = eventually(lambda: observed(2), what=f"{kind} status for generation 2")

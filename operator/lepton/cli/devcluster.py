@@ -216,7 +216,9 @@ class DevCluster:
 
     def _create(self) -> None:
         config = self.home / f"{self.name}-kwok.yaml"
-        stages = sorted(self.bins.stages.glob("*.yaml"))
+        # kwok's pod-complete stage ends every Job-owned pod at once, with no termination message; here a
+        # pod ends only when a test says how (lepton.ai/fake-outcome), as it would end a training rank.
+        stages = sorted(p for p in self.bins.stages.glob("*.yaml") if p.name != "pod-complete.yaml")
         if not stages:
             raise DevClusterError(f"no kwok stages in {self.bins.stages}: rerun hack/build-binaries.sh")
         config.write_text("\n---\n".join([p.read_text() for p in stages] + [FAKE_STAGES.read_text()]))
