@@ -35,6 +35,7 @@ def quickstart(tmp_path: Path, **spec: Any) -> Path:
     """The quickstart manifest with its model written under tmp_path (and `spec` merged in)."""
     doc = yaml.safe_load(QUICKSTART.read_text())
     doc["spec"]["output"]["uri"] = str(tmp_path / "model")
+    doc["spec"]["data"] = {"uri": str(EXAMPLES / "data" / "tickets.jsonl"), "validationFraction": 0.1}
     doc["spec"] |= spec
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(doc))
@@ -152,8 +153,33 @@ def test_run_rejects_what_cannot_run_here(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "the local backend runs on CPU" in proc.stderr
     proc = leptonctl("run", "-f", str(EXAMPLES / "invalid" / "trainingjob-zero-nodes.yaml"))
     assert proc.returncode == 2 and "spec.nodes in body should be greater than or equal to 1" in proc.stderr
-    proc = leptonctl("run", "-f", str(EXAMPLES / "dataset.yaml"))
-    assert proc.returncode == 2 and "leptonctl run does not run Dataset yet" in proc.stderr
+    proc = leptonctl("run", "-f", str(EXAMPLES / "tuningstudy.yaml"))
+    assert proc.returncode == 2 and "leptonctl run does not run TuningStudy yet" in proc.stderr
+    proc = leptonctl("run", "-f", str(QUICKSTART), "--runs-dir", str(tmp_path / "no-runs"))
+    assert proc.returncode == 2 and "no local run under" in proc.stderr and "prepare it first" in proc.stderr
+
+
+def test_the_readme_quickstart_prepares_a_dataset_that_the_job_trains_on(tmp_path: Path) -> None:
+    """README's first command: leptonctl run the Dataset, then the TrainingJob naming it (datasetRef)."""
+    dataset = yaml.safe_load((EXAMPLES / "dataset.yaml").read_text())
+    dataset["spec"]["output"]["uri"] = str(tmp_path / "datasets")
+    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump(dataset))
+    runs = tmp_path / "runs"
+    proc = leptonctl("run", "-f", str(tmp_path / "dataset.yaml"), "--runs-dir", str(runs))
+    assert proc.returncode == 0 and "published version " in proc.stderr, proc.stderr[-3000:]
+    version = (tmp_path / "datasets" / "current").read_text().strip()
+    proc = leptonctl("run", "-f", str(tmp_path / "dataset.yaml"), "--runs-dir", str(runs))
+    assert proc.returncode == 0 and f"version {version} was already published" in proc.stderr
+
+    job = yaml.safe_load(QUICKSTART.read_text())
+    job["spec"]["output"]["uri"] = str(tmp_path / "model")
+    job["spec"]["hyperparameters"] |= {"epochs": 1}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    proc = leptonctl("run", "-f", str(tmp_path / "job.yaml"), "--runs-dir", str(runs))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "model" / "lepton-training.json").read_text())
+    assert meta["data"]["dataset"] == "support-tickets" and meta["data"]["datasetVersion"] == version
+    assert meta["data"]["path"] == str(tmp_path / "datasets" / "versions" / version / "train")
 
 
 def test_the_trainer_resumed_at_its_last_step_exits_0(tiny_model: Path, tmp_path: Path) -> None:
