@@ -1,8 +1,10 @@
-"""`python -m lepton.workloads.data`: read the DataConfig, prepare, and write the summary where the
-kubelet turns it into the pod's termination message (the operator reads it from the pod's status).
+"""`python -m lepton.workloads.data [--config FILE]`: read the DataConfig (the file, else
+$LEPTON_DATA_CONFIG), prepare, and write the summary where the kubelet turns it into the pod's
+termination message (the operator reads it from the pod's status; the pod has no API access).
 
-Exit codes: 0 published (or found published), 2 invalid configuration, 3 a DataError (the summary
-says why, with file and line), 1 anything else (a traceback on stderr, InternalError in the summary).
+Exit codes: 0 published (or found published), 2 invalid configuration (one line on stderr), 3 a
+DataError (the summary says why, with file and line), 1 anything else (a traceback on stderr,
+InternalError in the summary). Progress goes to stderr about every 5 seconds.
 """
 
 from __future__ import annotations
@@ -11,23 +13,25 @@ import argparse
 import os
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from lepton.api.contract import DATA_CONFIG_ENV, DataConfig
+from lepton.api.contract import DATA_CONFIG_ENV, DataConfig, ProgressReport
 from lepton.api.dataset import PreparationError, PreparationSummary
+
+PROGRESS_EVERY = 5.0
 
 
 def _say(line: str) -> None:
     print(f"[data] {line}", file=sys.stderr, flush=True)
 
 
-def _write_summary(path: str, summary: PreparationSummary) -> None:
+def write_summary(path: str, summary: PreparationSummary) -> None:
+    """The summary at `path`; skipped where its directory does not exist (no /dev outside a pod)."""
     target = Path(path)
-    if not target.parent.is_dir():  # e.g. no /dev/termination-log outside a pod
+    if not target.parent.is_dir():
         return
     try:
         target.write_text(summary.model_dump_json(by_alias=True, exclude_none=True))
@@ -35,60 +39,83 @@ def _write_summary(path: str, summary: PreparationSummary) -> None:
         _say(f"cannot write the summary to {path}: {exc.strerror}")
 
 
-def _progress_lines(metrics: object, stop: threading.Event) -> None:
-    state = getattr(metrics, "state", {})
-    while not stop.wait(5.0):
-        done, total = state.get("step", 0), state.get("totalSteps")
-        _say(f"progress: {done >> 20} MiB of {total >> 20} MiB read" if total else f"progress: {done >> 20} MiB read")
-
-
-def main(argv: list[str] | None = None) -> int:
+def _load(argv: list[str] | None) -> DataConfig | str:
+    """The configuration, or the one line saying why there is none."""
     parser = argparse.ArgumentParser(
         prog="python -m lepton.workloads.data",
-        description=f"Prepare a Dataset version. The configuration (a DataConfig JSON document) comes from "
-        f"--config or the {DATA_CONFIG_ENV} environment variable.",
+        description=f"Prepare a Dataset version from a DataConfig JSON document (--config, else ${DATA_CONFIG_ENV}).",
     )
     parser.add_argument("--config", type=Path, help="DataConfig JSON file")
     args = parser.parse_args(argv)
-    text = args.config.read_text() if args.config else os.environ.get(DATA_CONFIG_ENV)
-    if not text:
-        parser.error(f"no configuration: pass --config or set {DATA_CONFIG_ENV}")
     try:
-        config = DataConfig.model_validate_json(text)
+        text = args.config.read_text() if args.config else os.environ.get(DATA_CONFIG_ENV)
+    except OSError as exc:
+        return f"cannot read {args.config}: {exc.strerror}"
+    if not text:
+        return f"no configuration: pass --config or set {DATA_CONFIG_ENV}"
+    try:
+        return DataConfig.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in exc.errors())
-        _say(f"error: invalid data configuration: {problems}")
+        return f"invalid data configuration: {problems}".replace("\n", " ")
+
+
+class _Ticker:
+    """The latest progress, said on stderr about every PROGRESS_EVERY seconds."""
+
+    def __init__(self) -> None:
+        self.latest: ProgressReport | None = None
+        self.stop = threading.Event()
+        threading.Thread(target=self._loop, daemon=True, name="progress").start()
+
+    def __call__(self, report: ProgressReport) -> None:
+        self.latest = report
+
+    def _loop(self) -> None:
+        while not self.stop.wait(PROGRESS_EVERY):
+            r = self.latest
+            if r is None or r.step is None:
+                continue
+            of = f" of {r.total_steps / 2**20:.1f} MiB" if r.total_steps else ""
+            eta = f", about {r.eta_seconds} s left" if r.eta_seconds is not None else ""
+            _say(f"progress: {r.step / 2**20:.1f} MiB{of} read{eta}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = _load(argv)
+    if isinstance(config, str):
+        _say(f"error: {config}")
         return 2
-    from lepton.workloads.data.errors import DataError  # pyarrow loads only once the config is valid
+    # pyarrow and the rest load only once the configuration is valid
+    from lepton.workloads.data.errors import DataError
     from lepton.workloads.data.metrics import DataMetrics
     from lepton.workloads.data.runner import prepare
 
     metrics = DataMetrics()
-    metrics.serve(config.metrics_port)
-    stop = threading.Event()
-    threading.Thread(target=_progress_lines, args=(metrics, stop), daemon=True).start()
-    started = time.monotonic()
+    ticker = _Ticker()
     try:
-        summary = prepare(config, metrics, _say)
+        metrics.serve(config.metrics_port)
+        summary = prepare(config, progress=ticker, metrics=metrics, log=_say)
     except DataError as exc:
         _say(f"error: {exc}")
-        _write_summary(config.termination_log, PreparationSummary(error=exc.to_summary()))
+        write_summary(config.termination_log, PreparationSummary(error=exc.to_summary()))
         return 3
     except Exception as exc:
         traceback.print_exc()
-        error = PreparationError(reason="InternalError", message=f"{type(exc).__name__}: {exc}"[:500])
-        _write_summary(config.termination_log, PreparationSummary(error=error))
+        error = PreparationError(reason="InternalError", message=f"{type(exc).__name__}: {exc}"[:1000])
+        write_summary(config.termination_log, PreparationSummary(error=error))
         return 1
     finally:
-        stop.set()
+        ticker.stop.set()
         metrics.close()
-    _write_summary(config.termination_log, summary)
-    rows = summary.rows or None
-    counts = f"{rows.train} train, {rows.validation} validation, {rows.test} test" if rows else "no rows"
+    write_summary(config.termination_log, summary)
     if summary.reused:
-        _say(f"version {summary.version} already published: nothing recomputed")
+        _say(f"{summary.version} already published, nothing recomputed")
     else:
-        _say(f"published {summary.version} ({counts}) in {time.monotonic() - started:.1f}s")
+        r = summary.rows
+        total = r.train + r.validation + r.test if r else 0
+        split = f"{r.train}/{r.validation}/{r.test}" if r else "0/0/0"
+        _say(f"published {summary.version} ({total} rows: train/validation/test {split})")
     return 0
 
 

@@ -1,9 +1,15 @@
-"""Prometheus metrics and /progress of a preparation, on its metrics port (the local backend draws its
-progress line from /progress; Prometheus scrapes /metrics). The pod has no API access."""
+"""Prometheus metrics (lepton_data_*) and GET /progress of a preparation on its metrics port, served
+the way the trainer serves them: a daemon HTTP thread, /progress guarded by the job's progress token
+when the operator set one, /metrics open. The pod has no API access; whoever wants progress asks.
+
+/progress is a ProgressReport: step = input bytes read, totalSteps = all input bytes (when every
+size is known), etaSeconds.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,42 +17,55 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from lepton.api.contract import ProgressReport
+from lepton.api.tokens import AUTH_HEADER, PROGRESS_TOKEN_ENV, authorized
+
+GUARDED = frozenset({"/progress"})
+
 
 class DataMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.bytes_read = Counter("lepton_data_input_bytes", "Input bytes read.", registry=r)
         self.rows_read = Counter("lepton_data_input_rows", "Input rows read.", registry=r)
-        self.step_rows = Counter("lepton_data_step_rows_out", "Rows out of each step.", ["step"], registry=r)
-        self.shards = Counter("lepton_data_shards", "Input files processed, by outcome.", ["outcome"], registry=r)
-        self.rows_out = Gauge("lepton_data_output_rows", "Rows of the published version, by split.", ["split"],
-                              registry=r)  # fmt: skip
-        self.reused = Gauge("lepton_data_version_reused", "1 when the version was already published.", registry=r)
+        self.bytes_read = Counter("lepton_data_input_bytes", "Input bytes read (whole files).", registry=r)
+        self.step_rows = Counter("lepton_data_step_rows_out", "Rows out of each step and stage.", ["step"],
+                                 registry=r)  # fmt: skip
+        self.shards = Counter("lepton_data_shards", "Input files: done here, or skipped as finished by an "
+                              "interrupted run (resumed).", ["outcome"], registry=r)  # fmt: skip
+        self.rows_out = Gauge("lepton_data_output_rows", "Rows of the version, by split.", ["split"], registry=r)
         self.seconds = Gauge("lepton_data_preparation_seconds", "Seconds the preparation took.", registry=r)
-        self.state: dict[str, Any] = {"step": 0}
-        self._started = time.monotonic()
+        self.reused = Gauge("lepton_data_version_reused", "1 when the version was already published.", registry=r)
+        self.report = ProgressReport(step=0)
+        self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
-    def progress(self, done: int, total: int | None) -> None:
-        """`done` of `total` input bytes: the /progress report's step and totalSteps."""
-        self.state["step"] = done
-        if total:
-            self.state["totalSteps"] = total
-            if done:
-                elapsed = time.monotonic() - self._started
-                self.state["etaSeconds"] = int(elapsed / done * max(total - done, 0))
+    def update(self, report: ProgressReport) -> None:
+        with self._lock:
+            self.report = report
 
-    def serve(self, port: int) -> None:
+    def progress(self) -> dict[str, Any]:
+        with self._lock:
+            return self.report.to_wire()
+
+    def serve(self, port: int, token: str | None = None) -> None:
+        """Serve /metrics and /progress on `port` (0: off); `token` defaults to PROGRESS_TOKEN_ENV's."""
         if port <= 0:
             return
         metrics = self
+        token = token or os.environ.get(PROGRESS_TOKEN_ENV) or None
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if token is not None and self.path in GUARDED and not authorized(self.headers.get(AUTH_HEADER), token):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer realm="lepton-progress"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path == "/metrics":
                     body, kind = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
                 elif self.path == "/progress":
-                    body, kind = json.dumps(metrics.state).encode(), "application/json"
+                    body, kind = json.dumps(metrics.progress()).encode(), "application/json"
                 else:
                     self.send_error(404)
                     return
@@ -56,7 +75,7 @@ class DataMetrics:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *_: Any) -> None:
+            def log_message(self, *_: Any) -> None:  # no access log on stderr
                 return
 
         self._server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
@@ -66,3 +85,19 @@ class DataMetrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class ByteProgress:
+    """Input bytes read so far, as ProgressReports with an ETA from the rate since the start."""
+
+    def __init__(self, total: int | None, done: int = 0) -> None:
+        self.total, self.done, self.start_done = total, done, done
+        self.started = time.monotonic()
+
+    def advance(self, to: int) -> ProgressReport:
+        self.done = max(self.done, to)
+        eta = None
+        if self.total and self.done > self.start_done:
+            rate = (self.done - self.start_done) / max(time.monotonic() - self.started, 1e-6)
+            eta = int(max(self.total - self.done, 0) / rate)
+        return ProgressReport(step=self.done, total_steps=self.total, start_step=self.start_done, eta_seconds=eta)
