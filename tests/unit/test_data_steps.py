@@ -1,6 +1,7 @@
-"""The data pipeline's steps and stages on small Arrow tables: each step in a table of cases, including
-empty input, an all-null column, unicode edge cases and duplicate-only input; a split that stays
-stable when rows are appended; dedupe state that survives a restart."""
+"""The data pipeline's steps on small Arrow tables: each step in a table of cases, including empty
+input, an all-null column, unicode edge cases and duplicate-only input; near duplicates found whatever
+the batch boundaries; dedupe state that survives a restart. The stages after the steps are in
+test_data_stages.py."""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lepton.api.dataset import Augment, Decontaminate, Split, Step
+from lepton.api.dataset import Step
 from lepton.workloads.data.errors import DataError
-from lepton.workloads.data.minhash import band_hashes
-from lepton.workloads.data.stages import Decontaminator, Tokenizer, assign_split, augment
 from lepton.workloads.data.steps import build_steps
-from tests.conftest import EXAMPLES
 
 LONG = " ".join(f"word{i}" for i in range(60))
 
@@ -49,6 +47,10 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, list[Any]], dict[str, list[Any]
     "normalize: combining marks to NFC, lower case": (
         {"normalize": {"unicode": "NFC", "case": "lower"}}, {"text": ["E\u0301TE\u0301", None]},
         {"text": ["\u00e9t\u00e9", None]}, {}),
+    "normalize: zero-width joiner, BOM and ideographic space": (
+        {"normalize": {"unicode": "none"}}, {"text": ["\ufeffa\u3000\u3000b\u2060c\u200d "]}, {"text": ["a bc"]}, {}),
+    "normalize: nothing asked, nothing changed": (
+        {"normalize": {"unicode": "none", "whitespace": False}}, {"text": ["  ﬁ  x "]}, {"text": ["  ﬁ  x "]}, {}),
     "normalize: emoji kept": ({"normalize": {"case": "upper"}}, {"text": ["ok 👍🏽"]}, {"text": ["OK 👍🏽"]}, {}),
     "filter: length at least": ({"filter": {"length": True, "operator": "Ge", "value": 3}},
                                 {"text": ["ab", "abc", None, "日本語"]}, {"text": ["abc", "日本語"]}, {"removed": 2}),
@@ -58,23 +60,41 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, list[Any]], dict[str, list[Any]
                    {"l": [1, 3]}, {"removed": 2}),
     "filter: not in keeps no nulls": ({"filter": {"column": "l", "operator": "NotIn", "values": ["a"]}},
                                       {"l": ["a", "b", None]}, {"l": ["b"]}, {"removed": 2}),
+    "filter: equal text": ({"filter": {"operator": "Eq", "value": "b"}}, {"text": ["a", "b", None]},
+                           {"text": ["b"]}, {"removed": 2}),
+    "filter: a boolean column": ({"filter": {"column": "b", "operator": "Ne", "value": "true"}},
+                                 {"b": [True, False, None]}, {"b": [False]}, {"removed": 2}),
     "filter: not null": ({"filter": {"column": "l", "operator": "NotNull"}}, {"l": [None, 1]}, {"l": [1]},
                          {"removed": 1}),
     "dedupe exact": ({"dedupe": {}}, {"text": ["a", "b", "a", None, None]}, {"text": ["a", "b", None]},
                      {"removed": 2}),
+    "dedupe exact: case and space matter": ({"dedupe": {}}, {"text": ["A b", "a b", "A  b", "A b"]},
+                                            {"text": ["A b", "a b", "A  b"]}, {"removed": 1}),
     "dedupe exact: duplicates only": ({"dedupe": {}}, {"text": ["same"] * 5}, {"text": ["same"]}, {"removed": 4}),
     "dedupe minhash: a near duplicate goes": ({"dedupe": {"method": "minhash"}},
                                               {"text": [LONG, LONG + " extra", "something else entirely"]},
                                               {"text": [LONG, "something else entirely"]}, {"removed": 1}),
+    "dedupe minhash: duplicates only": ({"dedupe": {"method": "minhash"}}, {"text": [LONG] * 4}, {"text": [LONG]},
+                                        {"removed": 3}),
+    "dedupe minhash: short distinct texts kept": ({"dedupe": {"method": "minhash"}},
+                                                  {"text": ["a", "b", "a b", "b a", ""]},
+                                                  {"text": ["a", "b", "a b", "b a", ""]}, {"removed": 0}),
     "mask pii": ({"maskPii": {}}, {"text": ["mail a.b@c.org or call +1 555 123 4567 from 10.0.0.12", None]},
                  {"text": ["mail <email> or call <phone> from <ip>", None]}, {"email": 1, "phone": 1, "ip": 1}),
+    "mask pii: counts by type, an IP is not a phone number": (
+        {"maskPii": {"entities": ["phone", "ip", "email"]}},
+        {"text": ["a@b.de, c.d+e@f.co.uk; 192.168.100.120 or 030 1234 5678", "10.1.2.3 +49 (30) 1234-5678"]},
+        {"text": ["<email>, <email>; <ip> or <phone>", "<ip> <phone>"]}, {"email": 2, "ip": 2, "phone": 2}),
     "mask pii: only e-mail, own mask": ({"maskPii": {"entities": ["email"], "replacement": "[{entity}]"}},
                                         {"text": ["x@y.io 10.0.0.1"]}, {"text": ["[email] 10.0.0.1"]}, {"email": 1}),
     "map labels: drop unmapped": ({"mapLabels": {"mapping": {"bug": 1, "question": 0}, "unmapped": "drop"}},
                                   {"label": ["bug", "spam", "question"]}, {"label": [1, 0]},
                                   {"mapped": 2, "dropped": 1}),
     "map labels: keep unmapped": ({"mapLabels": {"mapping": {"1": "yes"}}}, {"label": [1, 0]},
-                                  {"label": ["yes", "0"]}, {"mapped": 1}),
+                                  {"label": ["yes", "0"]}, {"mapped": 1, "dropped": 0}),
+    "map labels: unmapped to null": ({"mapLabels": {"mapping": {"a": "x"}, "unmapped": "null"}},
+                                     {"label": ["a", "b", None]}, {"label": ["x", None, None]},
+                                     {"mapped": 1, "dropped": 0}),
     "auto label: first rule wins, existing kept": (
         {"autoLabel": {"column": "l", "keywords": [{"contains": ["refund"], "label": "billing"},
                                                    {"contains": ["crash", "REFUND"], "label": "bug"}],
@@ -132,47 +152,91 @@ def test_dedupe_across_batches_and_after_a_restart() -> None:
     assert (resumed.rows_in, resumed.details) == (whole.rows_in, whole.details)
 
 
-def test_split_is_stable_when_rows_are_appended_and_honours_fractions() -> None:
-    split = Split(train=0.8, validation=0.1, test=0.1, seed=3)
-    keys = [f"row {i}" for i in range(10000)]
-    before = assign_split(pa.array(keys), split).to_pylist()
-    after = assign_split(pa.array(["new", *keys[::-1], "more"]), split).to_pylist()[1:-1][::-1]
-    assert before == after  # a row's split depends only on its key and the seed
-    shares = {s: before.count(s) / len(before) for s in ("train", "validation", "test")}
-    assert abs(shares["train"] - 0.8) < 0.02 and abs(shares["test"] - 0.1) < 0.02
-    assert assign_split(pa.array(keys), split.model_copy(update={"seed": 4})).to_pylist() != before
+ALL_NULL: list[tuple[dict[str, Any], dict[str, list[Any]], dict[str, int]]] = [
+    ({"normalize": {}}, {"text": [None, None]}, {}),
+    ({"maskPii": {}}, {"text": [None, None]}, {"email": 0, "ip": 0, "phone": 0}),
+    ({"dropMissing": {}}, {"text": []}, {"removed": 2}),
+    ({"filter": {"operator": "In", "values": ["a"]}}, {"text": []}, {"removed": 2}),
+    ({"filter": {"operator": "Eq", "value": 1}}, {"text": []}, {"removed": 2}),
+    ({"filter": {"length": True, "operator": "Ge", "value": 0}}, {"text": []}, {"removed": 2}),
+    ({"dedupe": {}}, {"text": [None]}, {"removed": 1}),
+    ({"dedupe": {"method": "minhash"}}, {"text": [None]}, {"removed": 1}),
+    ({"autoLabel": {"keywords": [{"contains": ["x"], "label": 1}], "default": 0}},
+     {"text": [None, None], "label": [0, 0]}, {"labelled": 0}),
+    ({"fillMissing": {"column": "text", "value": 3}}, {"text": [3, 3]}, {"filled": 2}),
+]  # fmt: skip
 
 
-def test_minhash_is_deterministic_and_near_duplicates_share_a_band() -> None:
-    texts = pa.array([LONG, LONG.replace("word30", "changed"), "unrelated text about something"])
-    a, b = band_hashes(texts, 5, 14, 8, 1), band_hashes(texts, 5, 14, 8, 1)
-    assert (a == b).all() and a.dtype == np.uint64 and a.shape == (3, 14)
-    assert (a[0] == a[1]).any() and not (a[0] == a[2]).any()
+@pytest.mark.parametrize(("step", "expected", "details"), ALL_NULL)
+def test_a_step_over_an_all_null_column(
+    step: dict[str, Any], expected: dict[str, Any], details: dict[str, int]
+) -> None:
+    out, got = run(step, pa.table({"text": pa.nulls(2)}))
+    assert out == expected and got == details
 
 
-def test_decontamination_removes_train_rows_near_a_held_out_row() -> None:
-    decon = Decontaminator(Decontaminate())
-    decon.add_reference(pa.array([LONG]))
-    train = pa.table({"text": [LONG + " tail", "a different training row with its own words"]})
-    assert decon.filter(train, "text").column("text").to_pylist() == [train["text"][1].as_py()]
-    assert decon.removed == 1
+@pytest.mark.parametrize(
+    "step",
+    [{"select": ["body"]}, {"rename": {"body": "b"}}, {"dropMissing": {"columns": ["body"]}},
+     {"fillMissing": {"column": "body", "value": 1}}, {"filter": {"column": "body", "operator": "NotNull"}},
+     {"dedupe": {"column": "body"}}, {"maskPii": {"column": "body"}}, {"mapLabels": {"mapping": {"a": 1}}},
+     {"autoLabel": {"textColumn": "body", "keywords": [{"contains": ["x"], "label": 1}]}}],
+)  # fmt: skip
+def test_a_missing_column_is_named(step: dict[str, Any]) -> None:
+    with pytest.raises(DataError) as exc:
+        run(step, {"text": ["a"]})
+    assert exc.value.reason == "MissingColumn" and ("'body'" in exc.value.message or "'label'" in exc.value.message)
 
 
-@pytest.mark.parametrize("method", ["random-deletion", "random-swap"])
-def test_augmentation_is_seeded_and_adds_copies(method: str) -> None:
-    spec = Augment(method=method, probability=0.3, copies=2, seed=5)  # type: ignore[arg-type]
-    table = pa.table({"text": [LONG, "one"], "label": [1, 0]})
-    out = augment(table, "text", spec)
-    assert out.num_rows == 6 and out.column("label").to_pylist() == [1, 0] * 3
-    assert out.column("text").to_pylist()[:2] == [LONG, "one"] and out.column("text")[2].as_py() != LONG
-    assert out.equals(augment(table, "text", spec))  # the same seed, the same rows
-    # a row's variants do not depend on which other rows share its batch
-    alone = augment(table.slice(0, 1), "text", spec).column("text").to_pylist()
-    assert alone == [out["text"][0].as_py(), out["text"][2].as_py(), out["text"][4].as_py()]
+def test_a_bad_value_names_the_column() -> None:
+    with pytest.raises(DataError) as exc:
+        run({"filter": {"column": "n", "operator": "In", "values": [1, "two"]}}, {"n": [1]})
+    assert exc.value.reason == "BadValue" and "'n'" in exc.value.message and "'two'" in exc.value.message
 
 
-def test_tokenizer_adds_input_ids_truncated() -> None:
-    tokenizer = Tokenizer(str(EXAMPLES / "models" / "tiny-gpt2"), max_length=8)
-    out = tokenizer.apply(pa.table({"text": [LONG, "hi"]}), "text")
-    ids = out.column("input_ids").to_pylist()
-    assert len(ids[0]) == 8 and 0 < len(ids[1]) <= 8 and out.schema.field("input_ids").type == pa.list_(pa.int32())
+def near_corpus() -> list[str]:
+    """Texts with near duplicates (a last word changed or added: Jaccard 0.95, caught by 14 x 8 bands with
+    odds of 1 - 1e-13) and exact repeats, in a shuffled order."""
+    rng = np.random.default_rng(7)
+    base = [" ".join(f"w{rng.integers(10_000)}" for _ in range(40)) for _ in range(60)]
+    rows = base + [t + " thanks" for t in base[::2]] + [t.rsplit(" ", 1)[0] + " changed" for t in base[1::3]]
+    rows += base[::5]
+    return [rows[i] for i in rng.permutation(len(rows))]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 50, 1000])
+def test_minhash_dedupe_keeps_one_per_cluster_whatever_the_batches(batch: int) -> None:
+    rows = near_corpus()
+    (whole,) = build_steps([Step.model_validate({"dedupe": {"method": "minhash"}})], "text")
+    kept = whole.apply(pa.table({"text": rows})).column("text").to_pylist()
+    assert len(kept) == 60  # one per base text: every near duplicate found, no distinct text lost
+    assert {" ".join(t.split()[:20]) for t in kept} == {" ".join(t.split()[:20]) for t in rows}
+    (batched,) = build_steps([Step.model_validate({"dedupe": {"method": "minhash"}})], "text")
+    got = [t for i in range(0, len(rows), batch) for t in
+           batched.apply(pa.table({"text": rows[i: i + batch]})).column("text").to_pylist()]  # fmt: skip
+    assert got == kept and batched.details == whole.details == {"removed": len(rows) - 60}
+
+
+@pytest.mark.parametrize("method", ["exact", "minhash"])
+def test_dedupe_state_round_trip_equals_an_uninterrupted_run(method: str) -> None:
+    rows = near_corpus()
+    batches = [pa.table({"text": rows[i : i + 40]}) for i in range(0, len(rows), 40)]
+    step = Step.model_validate({"dedupe": {"method": method}})
+    (whole,) = build_steps([step], "text")
+    expected = [whole.apply(b).column("text").to_pylist() for b in batches]
+    (first,) = build_steps([step], "text")
+    for b in batches[:2]:
+        first.apply(b)
+    state = {k: v.copy() for k, v in first.state().items()}
+    assert all(v.dtype == np.uint64 for v in state.values()) and len(state) == (1 if method == "exact" else 14)
+    (resumed,) = build_steps([step], "text")
+    resumed.restore(state, first.rows_in, first.rows_out, first.details)
+    assert [resumed.apply(b).column("text").to_pylist() for b in batches[2:]] == expected[2:]
+    assert (resumed.rows_in, resumed.rows_out, resumed.details) == (whole.rows_in, whole.rows_out, whole.details)
+
+
+def test_step_names_and_stateless_steps() -> None:
+    specs: list[dict[str, Any]] = [{"select": ["text"]}, {"maskPii": {}}, {"dedupe": {}}]
+    steps = build_steps([Step.model_validate(s) for s in specs], "text")
+    assert [s.name for s in steps] == ["0:select", "1:maskPii", "2:dedupe"]
+    assert steps[0].state() == {} and steps[1].state() == {}

@@ -31,7 +31,7 @@ def mix(x: np.ndarray) -> np.ndarray:
 
 def stable_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit BLAKE2b hash of each value's text (nulls hash as ''), computed once per distinct value."""
-    encoded = pc.dictionary_encode(pc.cast(pc.fill_null(values, ""), pa.string()))
+    encoded = pc.dictionary_encode(pc.fill_null(pc.cast(values, pa.string()), ""))
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
     words = encoded.dictionary.to_pylist()

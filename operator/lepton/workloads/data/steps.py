@@ -21,9 +21,12 @@ from lepton.workloads.data.minhash import band_hashes, stable_hashes
 PII = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
     "ip": r"\b(?:(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\b",
-    # +country code, separators of space, dot or dash, an optional (area) group: 9 to 15 digits in all
-    "phone": r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{2,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-][0-9]{2,4}){2,4}\b",
+    # With a +country code: an optional (area) group and 2 to 5 groups of digits; without: an optional
+    # (area) group and 3 to 5 groups of 2-4 digits, separated by a space, dot or dash (not a bare number).
+    "phone": r"(?:\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-]?[0-9]{2,4}){1,4}"
+    r"|(?:\([0-9]{2,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-][0-9]{2,4}){2,4})\b",
 }
+_PII_ORDER = ["email", "ip", "phone"]
 _COMPARE = {"Eq": "equal", "Ne": "not_equal", "Lt": "less", "Le": "less_equal", "Gt": "greater",
             "Ge": "greater_equal"}  # fmt: skip
 
@@ -140,9 +143,10 @@ class Normalize(StepRunner):
         if self.spec.unicode != "none":
             col = pc.utf8_normalize(col, form=self.spec.unicode)
         if self.spec.whitespace:
-            # \s with Unicode spaces; zero-width characters go entirely.
+            # RE2's \s is ASCII only: add Unicode separators (no-break, ideographic, line/paragraph) and
+            # NEL; zero-width characters go entirely.
             col = pc.replace_substring_regex(col, r"[\x{200B}-\x{200D}\x{2060}\x{FEFF}]", "")
-            col = pc.utf8_trim_whitespace(pc.replace_substring_regex(col, r"\s+", " "))
+            col = pc.utf8_trim_whitespace(pc.replace_substring_regex(col, r"[\s\p{Z}\x{85}]+", " "))
         if self.spec.case == "lower":
             col = pc.utf8_lower(col)
         elif self.spec.case == "upper":
@@ -161,7 +165,7 @@ class Filter(StepRunner):
         if spec.length:
             _, text = self.text(table, name)
             col = pc.utf8_length(text)
-        if spec.operator == "NotNull":
+        if spec.operator == "NotNull" or pa.types.is_null(col.type):  # an all-null column: no row passes
             keep = pc.is_valid(col)
         elif spec.operator in ("In", "NotIn"):
             values = pa.array([_scalar(v, col.type, where).as_py() for v in spec.values or []], col.type)
@@ -175,20 +179,62 @@ class Filter(StepRunner):
         return out
 
 
+def _in_sorted(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Mask of `keys` present in the sorted array `seen`."""
+    if not len(seen):
+        return np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(seen, keys), len(seen) - 1)
+    hit: np.ndarray = seen[pos] == keys
+    return hit
+
+
 def _first_unseen(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """Mask of rows whose key is not in `seen` (sorted) and is the first of its value in this batch."""
     _, first = np.unique(keys, return_index=True)
     mask = np.zeros(len(keys), bool)
     mask[first] = True
-    if len(seen):
-        pos = np.searchsorted(seen, keys)
-        mask &= seen[np.minimum(pos, len(seen) - 1)] != keys
+    mask &= ~_in_sorted(keys, seen)
     return mask
 
 
+_OPEN, _KEPT, _DROPPED = 0, 1, 2
+
+
+def _near_keep(keys: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
+    """Mask of rows none of whose band values equals a band value of a kept row (earlier batches: `seen`,
+    this batch: an earlier kept row). A dropped row's bands never count, so the result is the one a
+    row-by-row pass would give, whatever the batch boundaries. Decided by rounds over whole columns: a
+    row is dropped once an earlier row sharing a band is kept, kept once every earlier row sharing a band
+    is dropped; the earliest open row is always decided, and chains of near duplicates are short."""
+    n, bands = keys.shape
+    state = np.full(n, _OPEN, np.int8)
+    for band in range(bands):
+        state[_in_sorted(keys[:, band], seen[band])] = _DROPPED
+    groups = []  # per band: row order sorted by value (stable), and each position's group start
+    for band in range(bands):
+        order = np.argsort(keys[:, band], kind="stable")
+        value = keys[order, band]
+        new = np.ones(n, bool)
+        new[1:] = value[1:] != value[:-1]
+        if new.all():
+            continue  # every value distinct: this band relates no rows of this batch
+        groups.append((order, np.maximum.accumulate(np.where(new, np.arange(n), 0))))
+    while (open_ := state == _OPEN).any():
+        after_kept, after_open = np.zeros(n, bool), np.zeros(n, bool)
+        for order, start in groups:
+            for flags, out in ((state[order] == _KEPT, after_kept), (open_[order], after_open)):
+                before = np.cumsum(flags) - flags  # how many flagged rows precede, in value-then-row order
+                out[order] |= before - before[start] > 0
+        state[open_ & after_kept] = _DROPPED
+        state[open_ & ~after_kept & ~after_open] = _KEPT
+    kept: np.ndarray = state == _KEPT
+    return kept
+
+
 class Dedupe(StepRunner):
-    """exact: a row is a duplicate when its text's 128-bit hash (two independent 64-bit BLAKE2b halves
-    folded apart) was kept before. minhash: when any band hash equals a kept row's band (LSH)."""
+    """exact: a row is a duplicate when its text's 64-bit BLAKE2b hash was kept before (a false match
+    among a billion rows has odds of about 1 in 40). minhash: when any band hash equals a band of an
+    earlier kept row (LSH). State: one sorted uint64 array per band of the kept rows (exact: one)."""
 
     kind = "dedupe"
 
@@ -206,12 +252,8 @@ class Dedupe(StepRunner):
         keys = self.keys(texts)
         if not self.seen:
             self.seen = [np.zeros(0, np.uint64) for _ in range(keys.shape[1])]
-        keep = np.ones(table.num_rows, bool)
-        if self.spec.method == "exact":
-            keep = _first_unseen(keys[:, 0], self.seen[0])
-        else:
-            for band in range(keys.shape[1]):  # in any band: a known bucket, or an earlier row's in this batch
-                keep &= _first_unseen(keys[:, band], self.seen[band])
+        exact = self.spec.method == "exact"
+        keep = _first_unseen(keys[:, 0], self.seen[0]) if exact else _near_keep(keys, self.seen)
         for band in range(keys.shape[1]):
             self.seen[band] = np.union1d(self.seen[band], keys[keep, band])
         self.count("removed", int((~keep).sum()))
@@ -222,7 +264,7 @@ class Dedupe(StepRunner):
 
     def restore(self, state: dict[str, np.ndarray], rows_in: int, rows_out: int, details: dict[str, int]) -> None:
         super().restore(state, rows_in, rows_out, details)
-        self.seen = [state[f"band{i}"] for i in range(len(state))]
+        self.seen = [np.asarray(state[f"band{i}"], np.uint64) for i in range(len(state))]
 
 
 class MaskPii(StepRunner):
@@ -230,7 +272,9 @@ class MaskPii(StepRunner):
 
     def transform(self, table: pa.Table) -> pa.Table:
         name, col = self.text(table, self.spec.column)
-        for entity in self.spec.entities:  # emails first: an address's digits are not a phone number
+        # A fixed order whatever the spec's: e-mails first (an address's digits are not a phone number),
+        # then IPs (192.168.100.120 has a phone number's shape).
+        for entity in sorted(set(self.spec.entities), key=_PII_ORDER.index):
             pattern = PII[entity]
             self.count(entity, pc.sum(pc.count_substring_regex(col, pattern)).as_py() or 0)
             col = pc.replace_substring_regex(col, pattern, self.spec.replacement.replace("{entity}", entity))
@@ -256,7 +300,7 @@ class MapLabels(StepRunner):
         out = table.set_column(table.column_names.index(name), name, mapped)
         if self.spec.unmapped == "drop":
             out = out.filter(hit)
-            self.count("dropped", table.num_rows - out.num_rows)
+        self.count("dropped", table.num_rows - out.num_rows)
         return out
 
 
