@@ -103,6 +103,7 @@ class Preparation:
         try:
             (self.root / STAGING).mkdir(parents=True, exist_ok=True)
             self.cache.mkdir(exist_ok=True)
+            self.publication.versions.mkdir(exist_ok=True)
             atomic_write(self.root / STAGING / ".probe", b"")
             (self.root / STAGING / ".probe").unlink()
         except OSError as exc:
