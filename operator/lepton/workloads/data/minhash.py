@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 U64 = np.uint64
 MIX1, MIX2, GOLDEN = U64(0xBF58476D1CE4E5B9), U64(0x94D049BB133111EB), U64(0x9E3779B97F4A7C15)
 EMPTY = U64(0x5A5A5A5A5A5A5A5A)  # the one shingle of an empty text
+CHUNK_CHARS = 1 << 20  # texts are shingled about this many characters at a time
 
 
 def mix(x: np.ndarray) -> np.ndarray:
@@ -77,6 +78,11 @@ def band_hashes(texts: pa.Array | pa.ChunkedArray, ngram: int, bands: int, rows_
     n = len(texts)
     if n == 0:
         return np.zeros((0, bands), U64)
+    chars = pc.sum(pc.utf8_length(pc.fill_null(texts, ""))).as_py() or 0
+    step = max(1, int(n * CHUNK_CHARS / max(chars, 1)))
+    if step < n:  # bounded memory: a shingle costs ~100 bytes of temporaries until its row's minima are taken
+        return np.concatenate([band_hashes(texts.slice(i, step), ngram, bands, rows_per_band, seed)
+                               for i in range(0, n, step)])  # fmt: skip
     shingle, starts = shingles(texts, ngram)
     rng = np.random.default_rng(seed)
     perms = bands * rows_per_band
