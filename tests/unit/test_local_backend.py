@@ -154,6 +154,7 @@ def test_ctrl_c_sends_sigterm_to_every_process_group_and_waits(tmp_path: Path) -
 def _job(tmp_path: Path) -> TrainingJobBackend:
     doc = yaml.safe_load((EXAMPLES / "quickstart" / "trainingjob.yaml").read_text())
     doc["spec"]["output"]["uri"] = str(tmp_path / "model")
+    doc["spec"]["data"] = {"uri": str(EXAMPLES / "data" / "tickets.jsonl")}
     job = parse(doc)
     assert isinstance(job, TrainingJob)
     return TrainingJobBackend(job)
