@@ -418,3 +418,31 @@ def test_prepare_raises_data_error_for_an_empty_result(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         prepare(cfg)
     assert info.value.reason == Reason.EMPTY_RESULT and "no rows left" in info.value.message
+
+
+class _StopError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("finished", [1, 3])
+def test_an_interrupted_run_resumes_from_its_finished_shards(tmp_path: Path, finished: int) -> None:
+    source = generated(tmp_path / "in", files=4, rows=300)
+    sizes = [p.stat().st_size for p in sorted(source.iterdir())]
+
+    def stop_after_shards(report: ProgressReport) -> None:  # the first report at a file's end: it is done
+        if report.step == sum(sizes[:finished]):
+            raise _StopError
+
+    cfg = config(tmp_path / "out", source, pipeline=[{"dedupe": {}}], decontaminate={})
+    with pytest.raises(_StopError):
+        prepare(cfg, progress=stop_after_shards)
+    assert not list((tmp_path / "out" / "versions").iterdir()) and not (tmp_path / "out" / "current").exists()
+    metrics = DataMetrics()
+    resumed = prepare(cfg, metrics=metrics)
+    assert metrics.registry.get_sample_value("lepton_data_shards_total", {"outcome": "skipped"}) == finished
+    assert metrics.registry.get_sample_value("lepton_data_shards_total", {"outcome": "done"}) == 4 - finished
+    whole = prepare(config(tmp_path / "fresh", source, pipeline=[{"dedupe": {}}], decontaminate={}))
+    assert resumed.version == whole.version and resumed.steps == whole.steps
+    assert resumed.steps[0].details["removed"] == 150
+    assert resumed.version
+    assert rows_of(tmp_path / "out", resumed.version) == rows_of(tmp_path / "fresh", resumed.version)

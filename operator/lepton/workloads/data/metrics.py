@@ -31,7 +31,7 @@ class DataMetrics:
         self.step_rows = Counter("lepton_data_step_rows_out", "Rows out of each step and stage.", ["step"],
                                  registry=r)  # fmt: skip
         self.shards = Counter("lepton_data_shards", "Input files: done here, or skipped as finished by an "
-                              "interrupted run (resumed).", ["outcome"], registry=r)  # fmt: skip
+                              "interrupted run.", ["outcome"], registry=r)  # fmt: skip
         self.rows_out = Gauge("lepton_data_output_rows", "Rows of the version, by split.", ["split"], registry=r)
         self.seconds = Gauge("lepton_data_preparation_seconds", "Seconds the preparation took.", registry=r)
         self.reused = Gauge("lepton_data_version_reused", "1 when the version was already published.", registry=r)

@@ -187,7 +187,7 @@ class Preparation:
         if last >= 0:
             kept = self._restore(shards, last, steps)
             self.log(f"resuming after {last + 1} finished shard(s)")
-            self.metrics.shards.labels(outcome="resumed").inc(last + 1)
+            self.metrics.shards.labels(outcome="skipped").inc(last + 1)
         sizes = [f.size for f in inputs]
         total = sum(s for s in sizes if s is not None) if None not in sizes else None
         bytes_done = sum(s or 0 for s in sizes[: last + 1])
@@ -218,8 +218,8 @@ class Preparation:
                         writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                     writer.write_table(conform(table, writer.schema, file.name))
                     kept += table.num_rows
-                read += self.batch_bytes
-                self._report(meter.advance(bytes_done + min(read, file.size or 0)))
+                read += self.batch_bytes  # an estimate: a file counts as read in full once its shard is done
+                self._report(meter.advance(bytes_done + min(read, max((file.size or 0) - 1, 0))))
             if writer is None:  # nothing left of this file: an empty shard still marks it done
                 pq.write_table(pa.table({SPLIT: pa.array([], pa.string())}), tmp)
             else:
