@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -28,7 +29,7 @@ from lepton.api.tokens import bearer
 from lepton.local.backend import free_port
 from lepton.workloads.data.errors import DataError, Reason
 from lepton.workloads.data.metrics import DataMetrics
-from lepton.workloads.data.publish import SUMMARY_LIMIT, fit
+from lepton.workloads.data.publish import SUMMARY_LIMIT, ParquetParts, fit
 from lepton.workloads.data.runner import prepare
 from tests.conftest import EXAMPLES, ROOT
 
@@ -446,3 +447,16 @@ def test_an_interrupted_run_resumes_from_its_finished_shards(tmp_path: Path, fin
     assert resumed.steps[0].details["removed"] == 150
     assert resumed.version
     assert rows_of(tmp_path / "out", resumed.version) == rows_of(tmp_path / "fresh", resumed.version)
+
+
+@pytest.mark.parametrize(("part_bytes", "parts"), [(1 << 30, 1), (1, 5)])
+def test_parts_roll_over_and_appear_whole(tmp_path: Path, part_bytes: int, parts: int) -> None:
+    writer = ParquetParts(tmp_path / "train", part_bytes=part_bytes)
+    for n in range(5):
+        writer.write(pa.table({"text": [f"row {n}.{i}" for i in range(100)], "label": [None] * 100}), "train")
+    files = writer.close()
+    assert [p.name for p in files] == [f"part-{k:05d}.parquet" for k in range(parts)]
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [p.name for p in files]  # no temporary left
+    table = pq.read_table(tmp_path / "train")
+    assert table.num_rows == writer.rows == 500 and table.schema.field("label").type == pa.string()
+    assert writer.bytes == sum(p.stat().st_size for p in files)

@@ -60,11 +60,12 @@ def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
 
 
 class ParquetParts:
-    """One directory of part-NNNNN.parquet files (or one fixed file name), each written through a
-    temporary name; the schema is the first non-empty table's. Row groups stay under GROUP_BYTES."""
+    """One directory of part-NNNNN.parquet files, each written through a temporary name, the next one
+    begun after `part_bytes` (Arrow bytes); the schema is the first non-empty table's. Row groups stay
+    under GROUP_BYTES."""
 
-    def __init__(self, directory: Path, single: str | None = None) -> None:
-        self.directory, self.single = directory, single
+    def __init__(self, directory: Path, part_bytes: int = PART_BYTES) -> None:
+        self.directory, self.part_bytes = directory, part_bytes
         self.schema: pa.Schema | None = None
         self.writer: pq.ParquetWriter | None = None
         self.path = self.tmp = directory
@@ -72,7 +73,7 @@ class ParquetParts:
         self.rows = self._part_bytes = 0
 
     def _open(self) -> None:
-        name = self.single or f"part-{len(self.files):05d}.parquet"
+        name = f"part-{len(self.files):05d}.parquet"
         self.path, self.tmp = self.directory / name, self.directory / f".{name}.tmp"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
@@ -92,7 +93,7 @@ class ParquetParts:
             self.schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f
                                      for f in table.schema])  # fmt: skip
         table = conform(table, self.schema, where)
-        if self.writer is not None and self.single is None and self._part_bytes >= PART_BYTES:
+        if self.writer is not None and self._part_bytes >= self.part_bytes:
             self._finish()
         if self.writer is None:
             self._open()
