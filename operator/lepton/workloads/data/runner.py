@@ -126,12 +126,12 @@ class Preparation:
         staging = self.root / STAGING / version
         self.publication.clean_staging(keep=version)
         steps = build_steps(config.pipeline, config.text_field)
+        tokenizer = Tokenizer(config.tokenizer_path, config.max_length) if config.tokenizer_path else None
         kept = self._phase1(inputs, staging / "shards", steps)
         if not kept:
             had_rows = bool(steps and steps[0].rows_in)  # without steps, no row kept means no row read
             raise DataError(Reason.EMPTY_RESULT, "no rows left after the pipeline's steps" if had_rows
                             else "the inputs have no rows")  # fmt: skip
-        tokenizer = Tokenizer(config.tokenizer_path, config.max_length) if config.tokenizer_path else None
         manifest = self._phase2(inputs, staging, steps, tokenizer, version=version, digest=digest)
         self.publication.publish(version, staging / "out")  # the one switch that makes the version visible
         shutil.rmtree(staging, ignore_errors=True)
