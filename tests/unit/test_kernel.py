@@ -201,6 +201,7 @@ def test_a_loop_survives_every_failure_and_counts_it(trainingjob_body: dict[str,
 def trainingjob_body() -> dict[str, Any]:
     doc = yaml.safe_load((EXAMPLES / "quickstart" / "trainingjob.yaml").read_text())
     doc["metadata"] |= {"namespace": "ns", "name": "j", "uid": UID, "generation": 1}
+    doc["spec"]["data"] = {"uri": "examples/data/tickets.jsonl"}  # nothing to resolve: no API call
     doc["status"] = TrainingJobStatus().to_wire()  # as written: a settled pass patches nothing
     assert isinstance(TrainingJob.model_validate(doc), TrainingJob)
     return doc
