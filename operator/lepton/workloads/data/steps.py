@@ -254,8 +254,9 @@ class Dedupe(StepRunner):
             self.seen = [np.zeros(0, np.uint64) for _ in range(keys.shape[1])]
         exact = self.spec.method == "exact"
         keep = _first_unseen(keys[:, 0], self.seen[0]) if exact else _near_keep(keys, self.seen)
-        for band in range(keys.shape[1]):
-            self.seen[band] = np.union1d(self.seen[band], keys[keep, band])
+        for band in range(keys.shape[1]):  # kept keys are new and distinct: a merge, not a union's sort
+            new = np.sort(keys[keep, band])
+            self.seen[band] = np.insert(self.seen[band], np.searchsorted(self.seen[band], new), new)
         self.count("removed", int((~keep).sum()))
         return table.filter(pa.array(keep))
 
