@@ -85,6 +85,22 @@ build_kubernetes() {
   for n in "${missing[@]}"; do install_built "$n" "$KUBERNETES_VERSION" "$dir/out/$n"; done
 }
 
+# SeaweedFS's `weed`: a real S3-compatible store (Apache-2.0) for the data workload's S3 source tests.
+# Its releases are not tagged as module versions: the pseudo-version in versions.env names one commit.
+build_weed() {
+  need weed "$SEAWEEDFS_VERSION" || { log "cached: weed $SEAWEEDFS_VERSION"; return; }
+  local dir="$work_root/seaweedfs-$SEAWEEDFS_VERSION"
+  log "building weed $SEAWEEDFS_VERSION (SeaweedFS, for the S3 source tests); minutes cold"
+  rm -rf "$dir" && mkdir -p "$dir"
+  (
+    cd "$dir"
+    printf 'module lepton.local/weed\n\ngo %s\n' "$(go env GOVERSION | sed 's/^go//; s/\([0-9]*\.[0-9]*\).*/\1.0/')" >go.mod
+    go get "github.com/seaweedfs/seaweedfs/weed@$SEAWEEDFS_VERSION" >/dev/null
+    go build -trimpath -ldflags "-s -w" -o out/weed github.com/seaweedfs/seaweedfs/weed
+  )
+  install_built weed "$SEAWEEDFS_VERSION" "$dir/out/weed"
+}
+
 build_etcd() {
   need etcd "$ETCD_VERSION" || { log "cached: etcd $ETCD_VERSION"; return; }
   local dir="$work_root/etcd-$ETCD_VERSION"
@@ -153,6 +169,7 @@ print_env() {
   printf 'LEPTON_BIN_KWOK=%s\n' "$(path_of kwok "$KWOK_VERSION")"
   printf 'LEPTON_BIN_KWOKCTL=%s\n' "$(path_of kwokctl "$KWOK_VERSION")"
   printf 'LEPTON_BIN_HELM=%s\n' "$(path_of helm "$HELM_VERSION")"
+  printf 'LEPTON_BIN_WEED=%s\n' "$(path_of weed "$SEAWEEDFS_VERSION")"
   printf 'LEPTON_KWOK_STAGES=%s/stages\n' "$(dirname "$(path_of kwok "$KWOK_VERSION")")"
   printf 'LEPTON_GATEWAY_API_CRDS=%s\n' "$bin_root/gateway-api-$GATEWAY_API_VERSION"
   printf 'LEPTON_MONITORING_CRDS=%s\n' "$bin_root/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
@@ -168,6 +185,7 @@ build_go_install kwokctl "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwokctl \
   "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 build_etcd
 build_kubernetes
+build_weed
 copy_kwok_stages
 copy_gateway_crds
 copy_monitoring_crds
