@@ -208,9 +208,10 @@ def valid(draw: Any, node: dict[str, Any], depth: int = 0) -> Any:
             low, high = math.ceil(low), math.floor(high)
             return draw(st.one_of(st.sampled_from([low, high]), st.integers(low, min(high, low + 20)),
                                   st.integers(low, high)))  # fmt: skip
-        return draw(
-            st.one_of(st.sampled_from([low, high]), st.floats(low, high), st.integers(math.ceil(low), math.floor(high)))
-        )
+        choices = [st.sampled_from([low, high]), st.floats(low, high)]
+        if math.ceil(low) <= math.floor(high):  # e.g. (0, 0.5] holds no integer
+            choices.append(st.integers(math.ceil(low), math.floor(high)))
+        return draw(st.one_of(*choices))
     if kind == "string":
         pattern = node.get("pattern")
         pool = [s for s in (*NAMES, *URIS, *STRINGS) if isinstance(s, str)]

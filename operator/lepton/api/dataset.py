@@ -305,7 +305,7 @@ class Augment(ApiModel):
     variants; validation and test rows are never augmented."""
 
     method: Literal["random-deletion", "random-swap"] = Field(description="Delete or swap random words.")
-    probability: float = Field(default=0.1, gt=0, le=0.5, description="Chance each word is touched.")
+    probability: float = Field(default=0.1, gt=0, le=1, description="Chance each word is touched.")
     copies: Int = Field(default=1, ge=1, le=16, description="Augmented copies per training row.")
     seed: Int = Field(default=0, ge=0, le=UINT32_MAX, description="Seed: the same seed gives the same rows.")
 

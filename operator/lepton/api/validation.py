@@ -311,8 +311,9 @@ def describe(error: ErrorDetails) -> list[str]:
     elif kind == "string_too_short":
         detail = f"should be at least {ctx['min_length']} chars long"
     elif kind == "too_short":
+        unit = "properties" if isinstance(given, dict) else "items"  # minProperties or minItems
         given = len(given)  # the apiserver shows the length it counted
-        detail = f"should have at least {ctx['min_length']} items"
+        detail = f"should have at least {ctx['min_length']} {unit}"
     else:
         return [f"{path}: {error['msg']}"]
     return [f"{path}: Invalid value: {go_value(given)}: {path} in body {detail}"]
