@@ -19,6 +19,7 @@ from lepton.api.dataset import Augment, Decontaminate, Split
 from lepton.workloads.data.minhash import U64, band_hashes, mix, stable_hashes
 
 SPLIT_COLUMN = "__split"
+TOKENIZE_CHUNK = 1024
 
 
 def assign_split(keys: pa.Array | pa.ChunkedArray, split: Split | None) -> pa.Array:
@@ -104,6 +105,12 @@ class Tokenizer:
             ).hexdigest()
 
     def apply(self, table: pa.Table, text_field: str) -> pa.Table:
-        texts = pc.fill_null(table[text_field], "").to_pylist()
-        ids = [e.ids for e in self.tokenizer.encode_batch(texts)] if texts else []
-        return table.append_column("input_ids", pa.array(ids, pa.list_(pa.int32())))
+        # Chunks of TOKENIZE_CHUNK rows: an Encoding keeps tokens, offsets and masks (~10 KB for a short
+        # text), so a whole batch's worth at once would cost hundreds of MiB.
+        texts = pc.fill_null(table[text_field], "")
+        type_ = pa.list_(pa.int32())
+        parts = [
+            pa.array([e.ids for e in self.tokenizer.encode_batch(texts.slice(i, TOKENIZE_CHUNK).to_pylist())], type_)
+            for i in range(0, len(texts), TOKENIZE_CHUNK)
+        ]
+        return table.append_column("input_ids", pa.chunked_array(parts, type_))
