@@ -1,12 +1,19 @@
 """One local file as a stream of Arrow tables of about `batch_bytes` of input each (bounded memory),
 parsed by pyarrow; a parse error names the file and the 1-based line, found by re-reading the failing
-block line by line (pyarrow's messages do not say where)."""
+block line by line (pyarrow's messages do not say where).
+
+JSON lines are cut into whole-line blocks here and each parsed with pyarrow.json.read_json rather than
+streamed with open_json: open_json fixes the schema from its first block and fails on a later block
+whose column widens (int then float, null then string), and a block of our own knows its first line
+number. CSV streams with open_csv (types from the first block; a later value of another type is named
+by line); Parquet by row-group-sized record batches."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,7 +69,11 @@ def _jsonl(path: Path, name: str, batch_bytes: int) -> Iterator[pa.Table]:
             yield table
 
 
-def _bad_csv_line(path: Path, name: str, cause: Exception) -> DataError:
+def _bad_csv_line(path: Path, name: str, cause: Exception, schema: pa.Schema | None) -> DataError:
+    """The first line that breaks the file: a wrong number of fields, or (a conversion error) a value of
+    a column that the rows before gave another type."""
+    first = str(cause).splitlines()[0]
+    column = re.match(r"In CSV column #(\d+): CSV conversion error to", first)
     with path.open(newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
         header = next(reader, [])
@@ -70,17 +81,27 @@ def _bad_csv_line(path: Path, name: str, cause: Exception) -> DataError:
             if len(row) != len(header):
                 return DataError(Reason.BAD_FORMAT, f"expected {len(header)} fields, found {len(row)}",
                                  file=name, line=reader.line_num)  # fmt: skip
-    return DataError(Reason.BAD_FORMAT, f"cannot read CSV: {str(cause).splitlines()[0]}", file=name)
+            if column and schema is not None:
+                i = int(column.group(1))
+                try:
+                    pa.array([row[i]]).cast(schema.field(i).type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    return DataError(Reason.BAD_FORMAT, f"column {header[i]!r}: {row[i][:40]!r} is not "
+                                     f"{schema.field(i).type} like the rows before it", file=name,
+                                     line=reader.line_num)  # fmt: skip
+    return DataError(Reason.BAD_FORMAT, f"cannot read CSV: {first}", file=name)
 
 
 def _csv(path: Path, name: str, batch_bytes: int) -> Iterator[pa.Table]:
+    schema = None
     try:
         reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=max(batch_bytes, 1 << 16)))
+        schema = reader.schema  # column types are inferred from the first block
         for batch in reader:
             if batch.num_rows:
                 yield pa.Table.from_batches([batch])
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise _bad_csv_line(path, name, exc) from None
+        raise _bad_csv_line(path, name, exc, schema) from None
 
 
 def _parquet(path: Path, name: str, batch_bytes: int) -> Iterator[pa.Table]:

@@ -121,8 +121,12 @@ def s3_client(source: DataInput) -> Any:
     import boto3
     from botocore.config import Config
 
+    if (source.access_key_env is None) != (source.secret_key_env is None):
+        missing = "secret access key" if source.secret_key_env is None else "access key id"
+        raise DataError(Reason.CREDENTIALS_MISSING, f"S3: the {missing} is not configured (only one key of the pair)")
     access = _secret(source.access_key_env, "S3 access key id")
     secret = _secret(source.secret_key_env, "S3 secret access key")
+    # Neither configured: boto3's default chain (a workload identity, instance profile, AWS_* variables).
     return boto3.client(
         "s3", endpoint_url=source.endpoint, region_name=source.region or "us-east-1",
         aws_access_key_id=access, aws_secret_access_key=secret,
@@ -130,18 +134,26 @@ def s3_client(source: DataInput) -> Any:
     )  # fmt: skip
 
 
-def _s3_error(exc: Exception, where: str) -> DataError:
-    from botocore.exceptions import BotoCoreError, ClientError
+REJECTED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")
+
+
+def _s3_error(exc: Exception, where: str) -> Exception:
+    """The DataError for a boto3 failure (its messages hold no key), or `exc` itself when it is none."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") or status == 403:
+        if code in REJECTED or status == 403:
             return DataError(Reason.CREDENTIALS_REJECTED, f"{where}: the store refused the credentials ({code})")
+        if code in ("NoSuchBucket", "NoSuchKey", "404") or status == 404:
+            return DataError(Reason.SOURCE_UNREACHABLE, f"{where}: no such bucket or object ({code or status})")
         return DataError(Reason.SOURCE_UNREACHABLE, f"{where}: {code or status}")
+    if isinstance(exc, NoCredentialsError):
+        return DataError(Reason.CREDENTIALS_MISSING, f"{where}: no credentials configured or found")
     if isinstance(exc, BotoCoreError):
         return DataError(Reason.SOURCE_UNREACHABLE, f"{where}: {exc}")
-    raise exc
+    return exc
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
