@@ -114,3 +114,10 @@ def test_tokenizer_adds_input_ids_truncated(max_length: int) -> None:
     assert len(ids[0]) == max_length and 0 < len(ids[1]) < 8 and ids[2] == []
     assert ids[1] == tokenizer.tokenizer.encode("hi").ids
     assert tokenizer.apply(pa.table({"text": pa.array([], pa.string())}), "text").column("input_ids").to_pylist() == []
+
+
+def test_tokenizer_chunks_give_the_rows_their_own_ids() -> None:
+    tokenizer = Tokenizer(str(EXAMPLES / "models" / "tiny-gpt2"), max_length=16)
+    texts = [f"ticket {i} needs a reply" for i in range(2500)]  # more than one chunk of rows
+    ids = tokenizer.apply(pa.table({"text": texts}), "text").column("input_ids").to_pylist()
+    assert ids == [tokenizer.tokenizer.encode(t).ids for t in texts]
