@@ -132,6 +132,9 @@ class Preparation:
             had_rows = bool(steps and steps[0].rows_in)  # without steps, no row kept means no row read
             raise DataError(Reason.EMPTY_RESULT, "no rows left after the pipeline's steps" if had_rows
                             else "the inputs have no rows")  # fmt: skip
+        for step in steps:  # dedupe's state (~120 bytes a kept row) is not needed by phase 2
+            step.release()
+        pa.default_memory_pool().release_unused()
         manifest = self._phase2(inputs, staging, steps, tokenizer, version=version, digest=digest)
         self.publication.publish(version, staging / "out")  # the one switch that makes the version visible
         shutil.rmtree(staging, ignore_errors=True)

@@ -68,6 +68,9 @@ class StepRunner:
             raise DataError(Reason.BAD_VALUE, f"step {self.name}: column {name!r} is {values.type}, not text")
         return name, values
 
+    def release(self) -> None:
+        """Drop memory only later batches would need (after the last batch; counts stay)."""
+
     def state(self) -> dict[str, np.ndarray]:
         return {}
 
@@ -262,6 +265,9 @@ class Dedupe(StepRunner):
 
     def state(self) -> dict[str, np.ndarray]:
         return {f"band{i}": s for i, s in enumerate(self.seen)}
+
+    def release(self) -> None:
+        self.seen = []
 
     def restore(self, state: dict[str, np.ndarray], rows_in: int, rows_out: int, details: dict[str, int]) -> None:
         super().restore(state, rows_in, rows_out, details)

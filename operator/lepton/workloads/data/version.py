@@ -27,7 +27,7 @@ def batch_bytes(memory_limit: int | None) -> int:
     """Input bytes per batch: a batch grows several times over in Arrow and through the steps."""
     if memory_limit is None:
         return 16 * MiB
-    return int(min(max(memory_limit // 16, MiB), 64 * MiB))
+    return int(min(max(memory_limit // 64, MiB), 64 * MiB))
 
 
 def workload_version() -> str:
