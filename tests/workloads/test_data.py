@@ -5,17 +5,13 @@ server as a source, retention."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +21,7 @@ import pytest
 from lepton.api.contract import DataConfig
 from lepton.api.dataset import PreparationSummary
 from tests.conftest import EXAMPLES, ROOT
+from tests.workloads.conftest import FileServer
 
 TICKETS = EXAMPLES / "data" / "tickets.jsonl"
 PIPELINE = [{"normalize": {}}, {"dedupe": {}}, {"dedupe": {"method": "minhash"}}, {"maskPii": {}}]
@@ -172,31 +169,11 @@ def test_failures_say_why(tmp_path: Path, sources: list[dict[str, Any]], extra: 
     assert code == 3 and summary is not None and summary.error is not None and summary.error.reason == reason
 
 
-@pytest.fixture
-def http_files(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A real HTTP server over a directory; requests need `Authorization: Bearer s3cret`."""
-    root = tmp_path / "served"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.headers.get("Authorization") != "Bearer s3cret":
-                self.send_error(401)
-                return
-            super().do_GET()
-
-        def log_message(self, *_: Any) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-
-
-def test_an_http_source_with_secret_headers_and_a_digest(tmp_path: Path, http_files: tuple[str, Path],
+def test_an_http_source_with_secret_headers_and_a_digest(tmp_path: Path, file_server: FileServer,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    base, root = http_files
+    """A real HTTP server over a directory; requests need `Authorization: Bearer s3cret`."""
+    file_server.auth = "Bearer s3cret"
+    base, root = file_server.base, file_server.root
     shutil.copy(TICKETS, root / "tickets.jsonl")
     import hashlib
 
