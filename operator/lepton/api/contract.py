@@ -51,6 +51,22 @@ class TrainerConfig(ApiModel):
     teacher_path: str | None = Field(default=None, description="Resolved teacher model directory.")
     quantization: Literal["none", "dynamic-int8"] = Field(default="none", description="Export quantization.")
     metrics_port: int = Field(default=METRICS_PORT, description="Prometheus and /progress port (0: off).")
+    metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port binds.")
+    termination_log: str | None = Field(
+        default=None, description="Where rank 0 writes its TrainingSummary when it succeeds (None: nowhere)."
+    )
+
+
+MAX_EVALUATIONS = 20  # evaluations a progress report (and a TrainingJob's status) carries, newest last
+
+
+class TrainingSummary(ApiModel):
+    """What rank 0 writes to its termination log on success: the final metrics, read into the
+    TrainingJob's status (and from there into a TuningStudy's trial result)."""
+
+    step: int = Field(description="Optimizer steps done.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Final metrics, e.g. eval_loss, loss.")
+    model: str | None = Field(default=None, description="Where the model was written.")
 
 
 def _finite(value: Any) -> float | None:
@@ -75,6 +91,8 @@ class ProgressReport(BaseModel):
     samples_per_second: float | None = None
     eta_seconds: int | None = None
     checkpoint: str | None = None
+    # The latest evaluations, newest last (at most MAX_EVALUATIONS): (step, {metric: value}).
+    evaluations: tuple[tuple[int, tuple[tuple[str, float], ...]], ...] = ()
 
     @classmethod
     def parse(cls, doc: Any) -> ProgressReport:
@@ -87,6 +105,9 @@ class ProgressReport(BaseModel):
             if name == "checkpoint":
                 values[name] = raw if isinstance(raw, str) and raw else None
                 continue
+            if name == "evaluations":
+                values[name] = _evaluations(raw)
+                continue
             number = _finite(raw)
             if number is not None and info.annotation == int | None:
                 values[name] = int(number) if abs(number) < 2**53 and number >= 0 else None
@@ -95,7 +116,30 @@ class ProgressReport(BaseModel):
         return cls(**values)
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        wire = self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"evaluations"})
+        if self.evaluations:
+            wire["evaluations"] = [{"step": s, "metrics": dict(m)} for s, m in self.evaluations]
+        return wire
+
+    def metrics_at(self) -> dict[int, dict[str, float]]:
+        """{step: {metric: value}} of the evaluations reported."""
+        return {step: dict(metrics) for step, metrics in self.evaluations}
+
+
+def _evaluations(raw: Any) -> tuple[tuple[int, tuple[tuple[str, float], ...]], ...]:
+    """[{"step": 10, "metrics": {"eval_loss": 1.2}}, …] as sorted tuples; odd entries are dropped."""
+    if not isinstance(raw, list):
+        return ()
+    found: dict[int, tuple[tuple[str, float], ...]] = {}
+    for entry in raw[-MAX_EVALUATIONS:]:
+        step = _finite(entry.get("step")) if isinstance(entry, dict) else None
+        metrics = entry.get("metrics") if isinstance(entry, dict) else None
+        if step is None or step < 0 or step != int(step) or not isinstance(metrics, dict):
+            continue
+        kept = tuple(sorted((str(k), v) for k, raw_v in metrics.items() if (v := _finite(raw_v)) is not None))
+        if kept:
+            found[int(step)] = kept
+    return tuple(sorted(found.items()))
 
 
 SERVER_CONFIG_ENV = "LEPTON_SERVER_CONFIG"

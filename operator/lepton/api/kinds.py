@@ -15,6 +15,7 @@ from lepton.api.common import CommonStatus
 from lepton.api.dataset import DatasetSpec, DatasetStatus
 from lepton.api.inferenceservice import InferenceServiceSpec, InferenceServiceStatus
 from lepton.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+from lepton.api.tuningstudy import MAX_NAME as TUNINGSTUDY_MAX_NAME
 from lepton.api.tuningstudy import TuningStudySpec, TuningStudyStatus
 
 GROUP = "lepton.ai"
@@ -129,7 +130,15 @@ class TrainingJob(_Envelope):
 
 
 class TuningStudy(_Envelope):
-    rules = (dns1035_name("TuningStudy", "the first part of its trials' TrainingJob names"),)
+    rules = (
+        dns1035_name("TuningStudy", "the first part of its trials' TrainingJob names"),
+        Rule(
+            cel=f"self.metadata.name.size() <= {TUNINGSTUDY_MAX_NAME}",
+            message=f"TuningStudy names are at most {TUNINGSTUDY_MAX_NAME} characters: trials are TrainingJobs "
+            "named NAME-<number>-r<retry>",
+            check=lambda study: len(study.metadata.name) <= TUNINGSTUDY_MAX_NAME,
+        ),
+    )
 
     kind: Literal["TuningStudy"] = Field(description="TuningStudy")
     spec: TuningStudySpec
@@ -250,9 +259,10 @@ KINDS: dict[str, KindInfo] = {
             status=TuningStudyStatus,
             columns=(
                 PHASE,
-                PrinterColumn("Trials", ".status.trials.total", "integer", "Trials started"),
+                PrinterColumn("Trials", ".status.trialsDone", description="Finished trials / maxTrials"),
                 PrinterColumn("Best", ".status.bestTrial.value", description="Best objective value"),
                 AGE,
+                PrinterColumn("Running", ".status.trials.running", "integer", "Trials running", priority=1),
                 PrinterColumn("Objective", ".spec.objective.metric", priority=1),
             ),
         ),
