@@ -19,6 +19,10 @@ class Label:
     RENDEZVOUS_ID = "lepton.ai/rendezvous-id"  # annotation: torchrun rendezvous id
     ROLE = "lepton.ai/role"  # a serving pod's role: primary or canary
     REFRESH = "lepton.ai/refresh"  # annotation on a Dataset's preparation pods: spec.refresh
+    TRIAL = "lepton.ai/trial"  # a trial TrainingJob's Optuna trial number
+    PARAMETERS = "lepton.ai/parameters"  # annotation: a trial's parameters as JSON
+    RETRY = "lepton.ai/retry"  # annotation: a trial's run after infrastructure failures (0: the first)
+    DATASET_VERSION = "lepton.ai/dataset-version"  # annotation: the Dataset version a trial trains on
     FAKE_OUTCOME = "lepton.ai/fake-outcome"  # kwok test stages only (not a GPU, not a runtime)
     APP_NAME = "app.kubernetes.io/name"
     APP_INSTANCE = "app.kubernetes.io/instance"

@@ -209,6 +209,13 @@ class Progress(ApiModel):
     eta_seconds: int | None = Field(default=None, description="Estimated seconds to completion.")
 
 
+class Evaluation(ApiModel):
+    """One evaluation as rank 0 reported it: what a TuningStudy's pruner reads."""
+
+    step: int = Field(description="Optimizer step of the evaluation.")
+    metrics: dict[str, str] = Field(default_factory=dict, description="Metric -> value (decimal string).")
+
+
 class Failure(ApiModel):
     """Why one gang attempt ended, as the pod reported it."""
 
@@ -246,6 +253,12 @@ class TrainingJobStatus(CommonStatus):
     output_model: str | None = Field(default=None, description="Location of the final model once written.")
     dataset_version: str | None = Field(
         default=None, description="Version of the referenced Dataset the job trains on, recorded when it starts."
+    )
+    evaluations: list[Evaluation] = Field(
+        default_factory=list, max_length=20, description="The latest evaluations (evalEverySteps), oldest first."
+    )
+    metrics: dict[str, str] = Field(
+        default_factory=dict, description="Final metrics rank 0 reported when it succeeded (e.g. eval_loss)."
     )
     failures: list[Failure] = Field(
         default_factory=list, max_length=20, description="Recent rank failures, oldest first (the first is kept)."

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lepton.api.constants import Label
-from lepton.api.contract import METRICS_PORT, RENDEZVOUS_PORT, TRAINER_CONFIG_ENV, TrainerConfig, TrainerData
+from lepton.api.contract import (
+    METRICS_PORT,
+    RENDEZVOUS_PORT,
+    TERMINATION_LOG,
+    TRAINER_CONFIG_ENV,
+    TrainerConfig,
+    TrainerData,
+)
 from lepton.api.kinds import TrainingJob
 from lepton.api.trainingjob import TrainingJobSpec, pod_name
 from lepton.render.common import (
@@ -143,6 +150,7 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> Trai
         distillation=spec.distillation,
         teacher_path=_teacher_path(job, resolved, mounts),
         quantization=spec.export.quantization,
+        termination_log=TERMINATION_LOG,
     )
 
 
@@ -256,6 +264,9 @@ def render_pod(
         ],
         "resources": resources(spec.resources, spec.gpus_per_node),
         "securityContext": RESTRICTED_CONTAINER,
+        # Rank 0 writes its TrainingSummary (final metrics) there on success; a failure's log tail otherwise.
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "tmp", "mountPath": "/tmp"},

@@ -39,6 +39,7 @@ class PodView:
     last_reason: str | None = None  # the container's previous run, when it restarted in place
     last_exit_code: int | None = None
     last_message: str = ""  # its termination message (a server says why its model failed to load)
+    summary: str = ""  # the termination message of a container that exited 0 (a workload's summary)
 
     @property
     def finished(self) -> bool:
@@ -58,7 +59,7 @@ class PodView:
                     unschedulable = str(cond.get("message") or "")
         waiting_reason = waiting_message = terminated_reason = None
         exit_code = last_code = None
-        last_reason, last_message = None, ""
+        last_reason, last_message, summary = None, "", ""
         for cs in status.get("containerStatuses") or []:
             state = cs.get("state") or {}
             last = (cs.get("lastState") or {}).get("terminated") or state.get("terminated")
@@ -69,6 +70,8 @@ class PodView:
             if "waiting" in state and state["waiting"].get("reason") not in (None, "ContainerCreating"):
                 waiting_reason, waiting_message = state["waiting"].get("reason"), state["waiting"].get("message", "")
             term = state.get("terminated")
+            if term and term.get("exitCode") == 0:
+                summary = str(term.get("message") or "")
             if term and (terminated_reason is None or term.get("exitCode", 0) != 0):  # a failing container wins
                 code = term.get("exitCode")
                 terminated_reason, exit_code = term.get("reason") or "Error", code if isinstance(code, int) else None
@@ -96,4 +99,5 @@ class PodView:
             last_reason=last_reason,
             last_exit_code=last_code,
             last_message=last_message.strip()[:1000],
+            summary=summary.strip()[:4096],
         )

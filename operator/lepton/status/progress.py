@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from lepton.api.contract import ProgressReport
-from lepton.api.trainingjob import Progress
+import json
+from collections.abc import Sequence
+
+from lepton.api.contract import MAX_EVALUATIONS, ProgressReport, TrainingSummary, _finite
+from lepton.api.trainingjob import Evaluation, Progress
 
 
 def progress_from(report: ProgressReport) -> Progress:
@@ -18,3 +21,32 @@ def progress_from(report: ProgressReport) -> Progress:
         samples_per_second=f"{report.samples_per_second:.1f}" if report.samples_per_second is not None else None,
         eta_seconds=report.eta_seconds,
     )
+
+
+def metric_text(value: float) -> str:
+    """A metric in status: 6 significant digits, as Optuna's values print."""
+    return f"{value:.6g}"
+
+
+def evaluations_from(previous: Sequence[Evaluation], report: ProgressReport) -> list[Evaluation]:
+    """The evaluations in status merged with those of the report (a report newer than a restart may
+    lack older ones): one per step, the latest MAX_EVALUATIONS, oldest first."""
+    by_step = {e.step: e for e in previous}
+    for step, metrics in report.evaluations:
+        by_step[step] = Evaluation(step=step, metrics={k: metric_text(v) for k, v in metrics})
+    return [by_step[s] for s in sorted(by_step)][-MAX_EVALUATIONS:]
+
+
+def summary_metrics(message: str) -> dict[str, str]:
+    """The final metrics in rank 0's termination message (a TrainingSummary); {} for anything else."""
+    try:
+        doc = json.loads(message)
+    except ValueError:
+        return {}
+    metrics = doc.get("metrics") if isinstance(doc, dict) else None
+    if not isinstance(metrics, dict):
+        return {}
+    return {str(k): metric_text(v) for k, raw in metrics.items() if (v := _finite(raw)) is not None}
+
+
+__all__ = ["TrainingSummary", "evaluations_from", "metric_text", "progress_from", "summary_metrics"]

@@ -18,7 +18,7 @@ from lepton.api.kinds import TrainingJob
 from lepton.api.trainingjob import Failure, TrainingJobStatus, pod_name
 from lepton.status.clock import parse_time, rfc3339
 from lepton.status.pods import PodView
-from lepton.status.progress import progress_from
+from lepton.status.progress import evaluations_from, progress_from, summary_metrics
 from lepton.status.story import Story
 
 MAX_FAILURES = 20  # status.failures' maxItems
@@ -114,6 +114,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         status = status.model_copy(update={
             "progress": progress_from(progress),
             "latest_checkpoint": progress.checkpoint or previous.latest_checkpoint,
+            "evaluations": evaluations_from(previous.evaluations, progress),
         })  # fmt: skip
     c = Story(status, generation, rfc3339(now))
 
@@ -217,7 +218,10 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         c.set(ConditionType.SUCCEEDED, True, Reason.SUCCEEDED, f"All {len(succeeded)} nodes finished")
         c.set(ConditionType.FAILED, False, Reason.SUCCEEDED)
         c.story(ready=False, reconciling=False, stalled=False, reason=Reason.SUCCEEDED, message="Training finished")
-        c.status = c.status.model_copy(update={"completion_time": rfc3339(now), "output_model": output_location(job)})
+        rank0 = next((p for p in current if p.index == 0), None)
+        metrics = summary_metrics(rank0.summary) if rank0 is not None and rank0.summary else {}
+        c.status = c.status.model_copy(update={"completion_time": rfc3339(now), "output_model": output_location(job),
+                                               "metrics": metrics or previous.metrics})  # fmt: skip
         return done(Phase.SUCCEEDED, create=False, keep=frozenset(p.name for p in current))
 
     stalled_pod = next((p for p in current if p.waiting_reason in STALLING_WAIT_REASONS), None)
