@@ -7,9 +7,11 @@ The tuner reads one TunerConfig (JSON in $LEPTON_TUNER_CONFIG) and serves HTTP o
 
 One sync does everything, and is idempotent, so a caller that crashes and repeats it loses nothing
 and duplicates nothing:
-1. `results` are told (a trial already finished in storage is left as it is);
-2. `reports` are reported as intermediate values (a step already reported is ignored); a trial its
-   pruner stops is told PRUNED at once, in storage, so the decision survives any crash;
+1. `reports` are reported as intermediate values first (a step already reported, or a trial already
+   finished in storage, is skipped), so a trial's last evaluations reach storage before its result;
+   a running trial its pruner stops is told PRUNED at once, in storage, so the decision survives any
+   crash;
+2. `results` are told (a trial already finished in storage, e.g. just pruned, is left as it is);
 3. new trials are asked (enqueued ones first) while fewer than `parallelism` run and fewer than
    `maxTrials` exist; `parallelism: 0` asks none;
 4. the reply lists every trial still running in storage, and every trial the request named, with its
