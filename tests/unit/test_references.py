@@ -61,11 +61,25 @@ def test_model_from_a_trainingjob(status: dict[str, Any], uri: str | None) -> No
     assert r.ready == (uri is not None)
 
 
-def test_model_from_a_tuningstudys_best_trial() -> None:
+BEST = {"number": 3, "value": "0.1", "model": "pvc://m/t3"}
+
+
+@pytest.mark.parametrize(
+    ("status", "uri", "why"),
+    [
+        ({}, None, "has not finished yet"),
+        ({"phase": "Running", "bestTrial": BEST}, None, "has not finished yet (phase Running)"),  # may still change
+        ({"phase": "Failed", "bestTrial": BEST}, None, "has not finished yet"),
+        ({"phase": "Succeeded"}, None, "has no best trial with a model"),
+        ({"phase": "Succeeded", "bestTrial": BEST}, "pvc://m/t3", None),
+    ],
+)
+def test_model_from_a_tuningstudys_best_trial_once_it_succeeded(status: dict[str, Any], uri: str | None,
+                                                                why: str | None) -> None:  # fmt: skip
     j = job(model={"tuningStudy": {"name": "s"}}, data={"uri": "/d"})
-    assert not resolve(j, {("TuningStudy", "s"): {"status": {}}}).ready
-    best = {"status": {"bestTrial": {"number": 3, "value": "0.1", "model": "pvc://m/t3"}}}
-    assert resolve(j, {("TuningStudy", "s"): best}).uris == {"model": "pvc://m/t3"}
+    r = resolve(j, {("TuningStudy", "s"): {"status": status}})
+    assert r.uris.get("model") == uri
+    assert (why is None) == r.ready and all(why in w for w in r.waiting)
 
 
 PUBLISHED = {"status": {"conditions": READY, "version": "bbbb", "versions": ["bbbb", "aaaa"],

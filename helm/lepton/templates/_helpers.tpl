@@ -34,9 +34,14 @@ with networkPolicy.enabled, each job's NetworkPolicy. */}}
 - apiGroups: ["lepton.ai"]
   resources: [datasets, trainingjobs, tuningstudies, inferenceservices]
   verbs: [get, list, watch, patch]
+# TuningStudy: its trials are TrainingJobs it creates, stops (suspend) and deletes (retention).
 - apiGroups: ["lepton.ai"]
   resources: [trainingjobs]
-  verbs: [delete]
+  verbs: [create, delete]
+# TuningStudy: the PVC holding its journal, when the spec names no storage.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, patch, delete]

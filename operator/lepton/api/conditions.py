@@ -76,6 +76,15 @@ class Reason(StrEnum):
     PREPARING = "Preparing"
     PREPARED = "Prepared"
     VERSION_REUSED = "VersionReused"
+    # TuningStudy lifecycle words
+    TUNER_STARTING = "TunerStarting"
+    TUNER_UNREACHABLE = "TunerUnreachable"
+    TRIALS_RUNNING = "TrialsRunning"
+    STOPPING_TRIALS = "StoppingTrials"
+    MAX_TRIALS_REACHED = "MaxTrialsReached"
+    GOAL_REACHED = "GoalReached"
+    MAX_DURATION_REACHED = "MaxDurationReached"
+    TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
     # The operator cannot go on without the user's help
     NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object the resource does not own
     CHILD_REJECTED = "ChildRejected"  # the apiserver refuses a child the spec renders (its message follows)
@@ -105,6 +114,9 @@ class EventReason(StrEnum):
     PREPARING = "Preparing"
     PREPARED = "Prepared"
     PREPARATION_FAILED = "PreparationFailed"
+    TRIAL_STARTED = "TrialStarted"
+    TRIAL_PRUNED = "TrialPruned"
+    TRIAL_RETRIED = "TrialRetried"
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

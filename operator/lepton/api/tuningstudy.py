@@ -93,8 +93,10 @@ class Sampler(ApiModel):
     )
     seed: Int | None = Field(default=None, ge=0, le=UINT32_MAX, description="Seed for reproducible suggestions.")
     startup_trials: Int | None = Field(
-        default=None, ge=0, le=10000, description="Random trials before the model-based sampler takes over "
-        "(tpe, gp, cmaes); default: Optuna's.",
+        default=None,
+        ge=0,
+        le=10000,
+        description="Random trials before the model-based sampler takes over (tpe, gp, cmaes); default: Optuna's.",
     )
 
 
@@ -109,7 +111,8 @@ class Pruner(ApiModel):
     )
 
     type: Literal["none", "median", "percentile", "hyperband", "successive-halving", "wilcoxon"] = Field(
-        default="median", description="Optuna pruner: stops unpromising trials early (the trial is suspended, "
+        default="median",
+        description="Optuna pruner: stops unpromising trials early (the trial is suspended, "
         "its checkpoint kept, and it counts as pruned).",
     )
     warmup_steps: Int = Field(
@@ -152,7 +155,8 @@ class StudyStorage(ApiModel):
 class TrialTemplate(ApiModel):
     training_job: TrainingJobSpec = Field(
         description="Spec of each trial's TrainingJob; the study sets the parameters, pins the Dataset "
-        "version, and gives each trial its own output directory (output/<study>-<number>)."
+        "version, gives each trial its own output directory (output/<study>-<number>), and a "
+        "startupDeadlineSeconds of 900 when the template sets none (a trial that cannot start is retried)."
     )
 
 
@@ -203,8 +207,10 @@ class TuningStudySpec(ApiModel):
 
     objective: Objective | None = Field(default=None, description="What to optimise (one objective).")
     objectives: list[Objective] | None = Field(
-        default=None, min_length=1, max_length=4, description="Several objectives: the study finds their "
-        "Pareto front (status.paretoFront); no pruning.",
+        default=None,
+        min_length=1,
+        max_length=4,
+        description="Several objectives: the study finds their Pareto front (status.paretoFront); no pruning.",
     )
     search_space: list[Parameter] = Field(min_length=1, max_length=64, description="Parameters to search.")
     sampler: Sampler = Field(default_factory=Sampler, description="How to suggest parameters.")
@@ -212,23 +218,33 @@ class TuningStudySpec(ApiModel):
     max_trials: Int = Field(default=20, ge=1, le=10000, description="Trials to finish in total; may change mid-run.")
     parallelism: Int = Field(default=1, ge=1, le=1000, description="Trials running at once; may change mid-run.")
     max_failed_trials: Int = Field(
-        default=3, ge=0, le=10000, description="Fail the study when more trials than this failed in training "
+        default=3,
+        ge=0,
+        le=10000,
+        description="Fail the study when more trials than this failed in training "
         "(infrastructure failures are retried and do not count).",
     )
     max_duration_seconds: Int | None = Field(
-        default=None, ge=1, le=INT32_MAX, description="Budget: after this long, running trials are stopped "
+        default=None,
+        ge=1,
+        le=INT32_MAX,
+        description="Budget: after this long, running trials are stopped "
         "(counted as pruned) and the study succeeds with the best so far.",
     )
     goal: float | None = Field(
-        default=None, description="End the study (Succeeded) once a trial reaches this objective value "
+        default=None,
+        description="End the study (Succeeded) once a trial reaches this objective value "
         "(≤ when minimizing, ≥ when maximizing).",
     )
     enqueue: list[dict[str, str]] = Field(
-        default_factory=list, max_length=100, description="Warm start: parameter sets tried first, in "
+        default_factory=list,
+        max_length=100,
+        description="Warm start: parameter sets tried first, in "
         "order (name -> value as text; parameters left out are sampled).",
     )
     from_study: LocalObjectReference | None = Field(
-        default=None, description="Warm start: the finished top trials of this TuningStudy (same namespace) "
+        default=None,
+        description="Warm start: the finished top trials of this TuningStudy (same namespace) "
         "are added to this study before it asks for new ones; waits until that study has finished.",
     )
     storage: StudyStorage | None = Field(
@@ -236,11 +252,15 @@ class TuningStudySpec(ApiModel):
     )
     trial_template: TrialTemplate = Field(description="The TrainingJob each trial runs.")
     trial_retention: Int = Field(
-        default=10, ge=1, le=10000, description="Finished trial TrainingJobs kept (the best and the newest); "
+        default=10,
+        ge=1,
+        le=10000,
+        description="Finished trial TrainingJobs kept (the best and the newest); "
         "older ones are deleted, their results stay in the study's storage.",
     )
     suspend: bool = Field(
-        default=False, description="Stop asking for trials, suspend running ones (checkpoints kept) and stop the "
+        default=False,
+        description="Stop asking for trials, suspend running ones (checkpoints kept) and stop the "
         "tuner; false again resumes them.",
     )
     active_deadline_seconds: Int | None = Field(
@@ -252,7 +272,10 @@ class TuningStudySpec(ApiModel):
         description="Delete the study (and its trials) this many seconds after it succeeds or fails.",
     )  # fmt: skip
     backoff_limit: Int = Field(
-        default=3, ge=0, le=100, description="Retries per trial after infrastructure failures (unschedulable, "
+        default=3,
+        ge=0,
+        le=100,
+        description="Retries per trial after infrastructure failures (unschedulable, "
         "image pull, preemption), which do not count as failed trials.",
     )
     scheduling: Scheduling = Field(

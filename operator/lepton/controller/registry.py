@@ -23,8 +23,10 @@ from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.reconciler import Binding, Reconciler
 from lepton.controller.settings import Settings
 from lepton.controller.trainingjob import TrainingJobBinding
+from lepton.controller.tuningstudy import TuningStudyBinding
 from lepton.render.dataset import DataSettings
 from lepton.render.trainingjob import RenderSettings
+from lepton.render.tuningstudy import TunerSettings
 
 
 def make_login(client: KubeClient) -> Callable[..., kopf.ConnectionInfo | None]:
@@ -56,6 +58,11 @@ def bindings(settings: Settings) -> list[Binding[Any]]:
             discovery_seconds=settings.discovery_seconds,
         ),
         DatasetBinding(DataSettings(settings.images.get("data", DataSettings.data_image)), network=settings.network()),
+        TuningStudyBinding(
+            TunerSettings(settings.images.get("tuner", TunerSettings.tuner_image)),
+            progress_key=settings.progress_key,
+            network=settings.network(),
+        ),
     ]
     done = {b.info.kind for b in built}
     return built + [AwaitingBinding(info) for kind, info in KINDS.items() if kind not in done]

@@ -16,9 +16,10 @@ from lepton.api.constants import Label
 from lepton.api.kinds import API_VERSION, ObjectMeta, TrainingJob, TuningStudy
 from lepton.api.trainingjob import TrainingJobSpec
 from lepton.api.tuningstudy import RESOURCE_TARGETS, Parameter, trial_name
-from lepton.render.common import owner_reference
+from lepton.render.common import child_labels, owner_reference
 
 COMPONENT = "trial"
+DEFAULT_STARTUP_DEADLINE = 900  # seconds, for a template that sets no startupDeadlineSeconds
 ParamValue = float | int | str
 
 
@@ -74,6 +75,9 @@ def trial_spec(template: TrainingJobSpec, parameters: Mapping[str, ParamValue], 
     if "datasetRef" in data and dataset_version and not data["datasetRef"].get("version"):
         data["datasetRef"] = {**data["datasetRef"], "version": dataset_version}
     wire["data"] = data
+    # A trial that cannot start (unschedulable, image pull) fails after this and is retried as an
+    # infrastructure failure, instead of waiting forever.
+    wire.setdefault("startupDeadlineSeconds", DEFAULT_STARTUP_DEADLINE)
     try:
         return TrainingJobSpec.model_validate(wire)
     except ValidationError as exc:
@@ -91,15 +95,7 @@ def trial_job(study: TuningStudy, number: int, parameters: Mapping[str, ParamVal
     metadata = ObjectMeta(
         name=name,
         namespace=study.metadata.namespace,
-        labels={
-            Label.KIND: "TuningStudy",
-            Label.NAME: study.metadata.name,
-            Label.TRIAL: str(number),
-            Label.APP_NAME: "lepton",
-            Label.APP_INSTANCE: study.metadata.name,
-            Label.APP_COMPONENT: COMPONENT,
-            Label.APP_MANAGED_BY: "lepton-operator",
-        },
+        labels={**child_labels(study, COMPONENT), Label.TRIAL: str(number)},
         annotations={
             Label.PARAMETERS: json.dumps(shown, sort_keys=True, separators=(",", ":")),
             Label.RETRY: str(retry),
@@ -111,10 +107,8 @@ def trial_job(study: TuningStudy, number: int, parameters: Mapping[str, ParamVal
 
 def trial_manifest(study: TuningStudy, job: TrainingJob) -> dict[str, Any]:
     """The trial as the object the operator applies: owned (controller) by the study."""
-    meta = job.metadata.model_dump(exclude_none=True)
-    wire = {"apiVersion": API_VERSION, "kind": "TrainingJob", "metadata": meta, "spec": job.spec.to_wire()}
-    wire["metadata"]["ownerReferences"] = [owner_reference(study)]
-    return wire
+    meta: dict[str, Any] = {**job.metadata.model_dump(exclude_none=True), "ownerReferences": [owner_reference(study)]}
+    return {"apiVersion": API_VERSION, "kind": "TrainingJob", "metadata": meta, "spec": job.spec.to_wire()}
 
 
 def output_location(location: StorageLocation) -> str:

@@ -12,6 +12,7 @@ from lepton.api.constants import Phase
 from lepton.api.dataset import DatasetStatus
 from lepton.api.inferenceservice import InferenceServiceStatus
 from lepton.api.trainingjob import TrainingJobStatus
+from lepton.api.tuningstudy import Trials, TuningStudyStatus
 from lepton.status.plan import EventNote
 
 
@@ -100,4 +101,28 @@ def dataset_events(old: DatasetStatus, new: DatasetStatus) -> list[EventNote]:
         reason = cond.reason if cond is not None else ""
         notes.append(EventNote(EventReason.PREPARATION_FAILED, f"{reason}: {_message(new, ConditionType.STALLED)}",
                                "Warning"))  # fmt: skip
+    return notes
+
+
+def tuningstudy_events(old: TuningStudyStatus, new: TuningStudyStatus) -> list[EventNote]:
+    notes = [n for n in common_events(old, new) if new.phase != Phase.FAILED]  # a failure is told once, below
+    before, after = old.trials or Trials(), new.trials or Trials()
+    if after.total > before.total:
+        notes.append(EventNote(EventReason.TRIAL_STARTED, f"{after.total - before.total} trial(s) asked for "
+                                                          f"({after.total} in all)"))  # fmt: skip
+    if after.pruned > before.pruned:
+        notes.append(EventNote(EventReason.TRIAL_PRUNED, f"{after.pruned - before.pruned} trial(s) stopped early "
+                                                         f"({after.pruned} in all)"))  # fmt: skip
+    if after.retried > before.retried:
+        notes.append(EventNote(EventReason.TRIAL_RETRIED, f"{after.retried - before.retried} trial run(s) retried "
+                                                          "after an infrastructure failure", "Warning"))  # fmt: skip
+    if new.phase != old.phase and new.phase == Phase.SUCCEEDED:
+        best = f"; best: trial {new.best_trial.number} = {new.best_trial.value}" if new.best_trial else ""
+        notes.append(EventNote(EventReason.SUCCEEDED, _message(new, ConditionType.SUCCEEDED) + best))
+    elif new.phase != old.phase and new.phase == Phase.FAILED:
+        notes.append(EventNote(EventReason.FAILED, _message(new, ConditionType.FAILED), "Warning"))
+    elif new.phase != old.phase and new.phase == Phase.SUSPENDED:
+        notes.append(EventNote(EventReason.SUSPENDED, "Trials suspended, tuner stopped"))
+    elif old.phase == Phase.SUSPENDED and new.phase != Phase.SUSPENDED:
+        notes.append(EventNote(EventReason.RESUMED, "Resumed"))
     return notes

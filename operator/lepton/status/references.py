@@ -12,6 +12,7 @@ from lepton.api.common import DatasetRef, ModelSource
 from lepton.api.conditions import ConditionType
 from lepton.api.constants import Phase
 from lepton.api.kinds import Dataset, InferenceService, Resource, TrainingJob, TuningStudy
+from lepton.api.tuner import WarmTrial
 
 Ref = tuple[str, str]  # (kind, name) in the job's namespace
 
@@ -21,6 +22,7 @@ class Resolution:
     uris: dict[str, str] = field(default_factory=dict)  # "model" | "data" | "teacher" -> location
     waiting: list[str] = field(default_factory=list)  # why not yet, one line per reference
     dataset_version: str | None = None  # the version of the referenced Dataset that "data" points at
+    warm_start: list[WarmTrial] = field(default_factory=list)  # a TuningStudy's fromStudy: its top trials
 
     @property
     def ready(self) -> bool:
@@ -78,6 +80,8 @@ def references(resource: Resource) -> list[Ref]:
         refs.append(("Dataset", ref.name))
     for _, source in sources[1:]:
         refs += _model_refs(source)
+    if isinstance(resource, TuningStudy) and resource.spec.from_study is not None:
+        refs.append(("TuningStudy", resource.spec.from_study.name))
     return refs
 
 
@@ -98,8 +102,10 @@ def _model_uri(source: ModelSource | None, found: Mapping[Ref, Mapping[str, Any]
                 return None, f"TrainingJob {ref[1]!r} has not produced its model yet (phase {status.get('phase')})"
             return str(status["outputModel"]), ""
         best = status.get("bestTrial") or {}
+        if status.get("phase") != Phase.SUCCEEDED:  # the best so far may still change
+            return None, f"TuningStudy {ref[1]!r} has not finished yet (phase {status.get('phase')})"
         if not best.get("model"):
-            return None, f"TuningStudy {ref[1]!r} has no best trial with a model yet"
+            return None, f"TuningStudy {ref[1]!r} has no best trial with a model"
         return str(best["model"]), ""
     return None, ""
 
@@ -132,4 +138,30 @@ def resolve(resource: Resource, found: Mapping[Ref, Mapping[str, Any] | None]) -
             if version and version != status.get("version"):  # an older version beside the current one
                 location = f"{location.rsplit('/', 1)[0]}/{version}"
             uris["data"] = f"{location}/{ref.split}"
-    return Resolution(uris, waiting, version)
+    warm: list[WarmTrial] = []
+    if isinstance(resource, TuningStudy) and resource.spec.from_study is not None:
+        other = resource.spec.from_study.name
+        warm, why = _warm_start(other, found.get(("TuningStudy", other)))
+        if why:
+            waiting.append(why)
+    return Resolution(uris, waiting, version, warm)
+
+
+def _warm_start(name: str, obj: Mapping[str, Any] | None) -> tuple[list[WarmTrial], str]:
+    """The finished top trials of another study (its status), or why not yet."""
+    if obj is None:
+        return [], f"TuningStudy {name!r} (fromStudy) not found"
+    status = obj.get("status") or {}
+    if status.get("phase") not in (Phase.SUCCEEDED, Phase.FAILED):
+        return [], f"TuningStudy {name!r} (fromStudy) has not finished yet (phase {status.get('phase')})"
+    warm: list[WarmTrial] = []
+    for trial in [*(status.get("topTrials") or []), *(status.get("paretoFront") or [])]:
+        raw = trial.get("values") or ([trial["value"]] if trial.get("value") is not None else [])
+        try:
+            values = [float(v) for v in raw]
+        except (TypeError, ValueError):
+            continue
+        params = trial.get("parameters")
+        if values and isinstance(params, dict):
+            warm.append(WarmTrial(parameters={str(k): str(v) for k, v in params.items()}, values=values))
+    return warm, ""
