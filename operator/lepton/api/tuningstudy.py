@@ -7,9 +7,9 @@ TrainingJobs, and talks to the tuner over HTTP (`api/contract.py`: SyncRequest /
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from lepton.api.base import INT32_MAX, UINT32_MAX, ApiModel, Int, Rule, exactly_one, immutable, ordered
 from lepton.api.common import CommonStatus, LocalObjectReference, PvcPath, Scheduling, SecretKeyRef
@@ -152,6 +152,12 @@ class StudyStorage(ApiModel):
     )
 
 
+# One warm-start parameter set: name -> value as text (bounded, so the apiserver can price its CEL rule).
+ParameterSet = Annotated[
+    dict[str, Annotated[str, StringConstraints(max_length=256)]], Field(max_length=64)
+]
+
+
 class TrialTemplate(ApiModel):
     training_job: TrainingJobSpec = Field(
         description="Spec of each trial's TrainingJob; the study sets the parameters, pins the Dataset "
@@ -236,7 +242,7 @@ class TuningStudySpec(ApiModel):
         description="End the study (Succeeded) once a trial reaches this objective value "
         "(≤ when minimizing, ≥ when maximizing).",
     )
-    enqueue: list[dict[str, str]] = Field(
+    enqueue: list[ParameterSet] = Field(
         default_factory=list,
         max_length=100,
         description="Warm start: parameter sets tried first, in "
