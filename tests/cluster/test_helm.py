@@ -276,7 +276,11 @@ def test_operator_does_its_whole_job_as_the_charts_service_account(
         ("update", "trainingjobs.lepton.ai", False),  # patch only: it never replaces a user's object
         ("delete", "trainingjobs.lepton.ai", True),  # ttlSecondsAfterFinished
         ("delete", "datasets.lepton.ai", False),
-        ("create", "trainingjobs.lepton.ai", False),
+        ("create", "trainingjobs.lepton.ai", True),  # a TuningStudy's trials
+        ("create", "tuningstudies.lepton.ai", False),
+        ("create", "persistentvolumeclaims", True),  # a TuningStudy's journal
+        ("delete", "persistentvolumeclaims", False),  # garbage collection deletes it with the study
+        ("list", "persistentvolumeclaims", False),
         ("create", "pods", True),
         ("delete", "pods", True),
         ("create", "podgroups.scheduling.k8s.io", True),

@@ -134,6 +134,8 @@ def test_a_new_study_waits_for_its_tuner_then_runs() -> None:
     d = decide(study(), [], TunerView(exists=True, waiting_reason="ImagePullBackOff", message="no such image"),
                now=NOW)  # fmt: skip
     assert condition(d, ConditionType.STALLED) == ("True", "ImagePullBackOff")
+    d = decide(study(), [], TunerView(exists=True, unschedulable="0/5 nodes are available"), now=NOW)
+    assert condition(d, ConditionType.RECONCILING) == ("True", "Unschedulable")
     d = decide(study(), [], TunerView(exists=True, ready=True, reply=reply()), now=NOW)
     assert d.status.phase == "Running" and d.status.start_time and d.requeue_after == 2.0  # asks next pass
 

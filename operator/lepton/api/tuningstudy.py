@@ -153,9 +153,7 @@ class StudyStorage(ApiModel):
 
 
 # One warm-start parameter set: name -> value as text (bounded, so the apiserver can price its CEL rule).
-ParameterSet = Annotated[
-    dict[str, Annotated[str, StringConstraints(max_length=256)]], Field(max_length=64)
-]
+ParameterSet = Annotated[dict[str, Annotated[str, StringConstraints(max_length=256)]], Field(max_length=64)]
 
 
 class TrialTemplate(ApiModel):
@@ -180,7 +178,8 @@ class TuningStudySpec(ApiModel):
             check=lambda s: len({p.name for p in s.search_space}) == len(s.search_space),
         ),
         Rule(
-            cel="!has(self.objectives) || size(self.objectives) == 1 || self.pruner.type == 'none'",
+            cel="!has(self.objectives) || size(self.objectives) == 1 "
+            "|| (has(self.pruner) && self.pruner.type == 'none')",
             message="pruner: Optuna cannot prune a study with several objectives; set pruner.type: none",
             check=lambda s: len(_objectives(s)) <= 1 or s.pruner.type == "none",
         ),
@@ -190,17 +189,19 @@ class TuningStudySpec(ApiModel):
             check=lambda s: s.goal is None or len(_objectives(s)) <= 1,
         ),
         Rule(
-            cel="self.sampler.type != 'cmaes' || !has(self.objectives) || size(self.objectives) == 1",
+            cel="!has(self.sampler) || self.sampler.type != 'cmaes' "
+            "|| !has(self.objectives) || size(self.objectives) == 1",
             message="sampler: cmaes optimises one objective; use nsga2, tpe or gp for several",
             check=lambda s: s.sampler.type != "cmaes" or len(_objectives(s)) <= 1,
         ),
         Rule(
-            cel="self.sampler.type != 'grid' || self.searchSpace.all(p, p.type != 'float' || has(p.step))",
+            cel="!has(self.sampler) || self.sampler.type != 'grid' "
+            "|| self.searchSpace.all(p, p.type != 'float' || has(p.step))",
             message="sampler: grid needs a step on every float parameter",
             check=lambda s: s.sampler.type != "grid" or all(p.type != "float" or p.step for p in s.search_space),
         ),
         Rule(
-            cel="self.enqueue.all(e, e.all(k, self.searchSpace.exists(p, p.name == k)))",
+            cel="!has(self.enqueue) || self.enqueue.all(e, e.all(k, self.searchSpace.exists(p, p.name == k)))",
             message="enqueue: every parameter set may name only parameters of the searchSpace",
             check=lambda s: all(k in {p.name for p in s.search_space} for e in s.enqueue for k in e),
         ),

@@ -93,6 +93,7 @@ PLURALS = {
     "HTTPRoute": "httproutes",
     "ServiceMonitor": "servicemonitors",
     "Job": "jobs",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
 }
 
 

@@ -57,7 +57,8 @@ class TuningStudyBinding(Binding[TuningStudy]):
         view = PodView.of(pod)
         ip = (pod.get("status") or {}).get("podIP")
         tuner = TunerView(exists=True, ready=view.ready and bool(ip), waiting_reason=view.waiting_reason or "",
-                          message=view.waiting_message or view.last_message)  # fmt: skip
+                          message=view.waiting_message or view.last_message,
+                          unschedulable=view.unschedulable or "" if not view.scheduled else "")  # fmt: skip
         if not tuner.ready or view.deleting:
             return tuner
         try:

@@ -210,6 +210,7 @@ class TunerView:
     ready: bool = False
     waiting_reason: str = ""  # ImagePullBackOff, CrashLoopBackOff…
     message: str = ""
+    unschedulable: str = ""  # the scheduler's words (e.g. an unbound PVC)
     reply: SyncReply | None = None
     error: str = ""  # why the last sync failed
 
@@ -291,6 +292,9 @@ def _tuner_story(c: Story[TuningStudyStatus], tuner: TunerView) -> None:
     if tuner.waiting_reason:
         c.story(ready=False, reconciling=False, stalled=True, reason=tuner.waiting_reason,
                 message=f"tuner pod: {tuner.message or tuner.waiting_reason}")  # fmt: skip
+    elif tuner.unschedulable:
+        c.story(ready=False, reconciling=True, stalled=False, reason=Reason.UNSCHEDULABLE,
+                message=f"tuner pod: {tuner.unschedulable}"[:1000])  # fmt: skip
     elif tuner.ready and tuner.error:
         c.story(ready=False, reconciling=True, stalled=False, reason=Reason.TUNER_UNREACHABLE,
                 message=f"tuner: {tuner.error}"[:1000])  # fmt: skip

@@ -1,0 +1,183 @@
+"""Real workloads behind kwok's fake pods, reachable at the pods' own IPs.
+
+kwok runs no container, so a pod's program is run here instead, as a real process bound to the IP kwok
+gave the pod: pods on the loopback node get their IPs from its podCIDR, 127.77.0.0/24, which is
+loopback on Linux, so the operator reaches a real tuner and real trainers at `http://<podIP>:<port>`
+exactly as it would in a cluster. The process gets the pod's own environment (the operator's
+config and token), with only what this machine must change: the address it binds, and where the
+trainer's termination message goes. When the process ends, the pod is finished with the fake runtime
+(`lepton.ai/fake-outcome`, and the real termination message as `lepton.ai/fake-message`); when the
+operator deletes the pod, the process gets SIGTERM, as a kubelet would send it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lepton.api.contract import TRAINER_CONFIG_ENV
+from lepton.api.tuner import STORAGE_URL_ENV, TUNER_CONFIG_ENV
+from lepton.local.trainingjob import free_port
+from tests.cluster.kube import Kube
+
+LOOPBACK_CIDR = "127.77.0.0/24"
+NODE = "loopback-node-0"
+PLACEMENT = {
+    "nodeSelector": {"lepton.ai/test-node": "loopback"},
+    "tolerations": [{"key": "lepton.ai/loopback", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+def ensure_node(kube: Kube) -> None:
+    """A fake node whose pods get loopback IPs (tainted: only pods that ask for it land there)."""
+    if kube.run("get", "node", NODE, check=False).returncode == 0:
+        return
+    resources = {"cpu": "96", "memory": "1Ti", "pods": "110"}
+    node = {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                     "labels": {"type": "kwok", "kubernetes.io/hostname": NODE, "lepton.ai/test-node": "loopback"}},
+        "spec": {"podCIDR": LOOPBACK_CIDR, "taints": [{"key": "lepton.ai/loopback", "value": "true",
+                                                       "effect": "NoSchedule"}]},
+        "status": {"capacity": resources, "allocatable": resources},
+    }  # fmt: skip
+    kube.run("create", "-f", "-", stdin=json.dumps(node))  # POST: apply would reset the status kwok reads
+    kube.run("wait", "--for=condition=Ready", f"node/{NODE}", "--timeout=60s")
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+@dataclass
+class Running:
+    pod: str
+    ip: str
+    proc: subprocess.Popen[bytes]
+    message: Path | None
+    log: Path
+    stopped: bool = False  # SIGTERM sent because the pod went away
+
+
+@dataclass
+class LoopbackRuntime:
+    """Runs the program of every lepton pod in `namespace` that lands on the loopback node."""
+
+    kube: Kube
+    namespace: str
+    workdir: Path
+    storage_url: str = ""  # the tuner's RDB URL (its pod reads it from a Secret)
+    started: dict[str, Running] = field(default_factory=dict)
+    finished: dict[str, int] = field(default_factory=dict)  # pod -> exit code
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    errors: list[str] = field(default_factory=list)
+    restarts: int = 0
+
+    def __enter__(self) -> LoopbackRuntime:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="loopback-runtime")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for run in self.started.values():
+            if run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait()
+
+    def kill_tuner(self) -> bool:
+        """SIGKILL the tuner process, as an OOM kill would; its pod stays and the process is started
+        again, as a kubelet restarts a container of a pod with restartPolicy Always."""
+        for run in list(self.started.values()):
+            if run.pod.endswith("-tuner") and run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait()
+                self.restarts += 1
+                return True
+        return False
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception as exc:  # the test reads errors; the runtime goes on
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            self._stop.wait(0.5)
+
+    def _pods(self) -> list[dict[str, Any]]:
+        out = self.kube.run("get", "pods", "-n", self.namespace, "-o", "json", check=False)
+        return list(json.loads(out.stdout or '{"items": []}').get("items", []))
+
+    def _step(self) -> None:
+        pods = {p["metadata"]["name"]: p for p in self._pods()}
+        for name, run in list(self.started.items()):
+            pod = pods.get(name)
+            gone = pod is None or bool(pod["metadata"].get("deletionTimestamp"))
+            if gone and run.proc.poll() is None and not run.stopped:
+                run.proc.send_signal(signal.SIGTERM)  # the kubelet's stop: the trainer checkpoints
+                run.stopped = True
+            code = run.proc.poll()
+            if code is not None and name.endswith("-tuner") and not gone:  # restartPolicy Always
+                assert pod is not None
+                self.started[name] = self._start(pod, run.ip)
+                continue
+            if code is not None and name not in self.finished:
+                self.finished[name] = code
+                if not gone and not name.endswith("-tuner"):
+                    self._finish(name, code, run)
+        for name, pod in pods.items():
+            ip = (pod.get("status") or {}).get("podIP") or ""
+            if name in self.started or name in self.finished or not ip.startswith("127.77."):
+                continue
+            if pod["status"].get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
+                continue
+            self.started[name] = self._start(pod, ip)
+
+    def _start(self, pod: dict[str, Any], ip: str) -> Running:
+        name = pod["metadata"]["name"]
+        (container,) = pod["spec"]["containers"]
+        env = {**os.environ, **_env(container), "HOME": str(self.workdir), "PYTHONUNBUFFERED": "1"}
+        log = self.workdir / f"{name}.log"
+        message: Path | None = None
+        if TUNER_CONFIG_ENV in env:
+            config = json.loads(env[TUNER_CONFIG_ENV]) | {"host": ip}
+            env[TUNER_CONFIG_ENV] = json.dumps(config)
+            env[STORAGE_URL_ENV] = self.storage_url
+            argv = [sys.executable, "-m", "lepton.workloads.tuner"]
+        else:
+            message = self.workdir / f"{name}.termination-log"
+            config = json.loads(env[TRAINER_CONFIG_ENV]) | {"metricsHost": ip, "terminationLog": str(message)}
+            env[TRAINER_CONFIG_ENV] = json.dumps(config)
+            for key in ("HF_HOME", "TRITON_CACHE_DIR"):
+                env[key] = str(self.workdir / "cache" / key.lower())
+            rendezvous = f"127.0.0.1:{free_port()}"
+            argv = [sys.executable, "-m", "torch.distributed.run",
+                    *[f"--rdzv-endpoint={rendezvous}" if a.startswith("--rdzv-endpoint=") else a
+                      for a in container["command"][1:]]]  # fmt: skip
+        fh = log.open("wb")
+        proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        return Running(name, ip, proc, message, log)
+
+    def _finish(self, name: str, code: int, run: Running) -> None:
+        """The fake runtime ends the pod the way the real process ended, with its termination message."""
+        notes = {"lepton.ai/fake-outcome": "Succeeded" if code == 0 else "Failed", "lepton.ai/fake-after": "0s",
+                 "lepton.ai/fake-exit-code": str(code)}  # fmt: skip
+        if run.message is not None and run.message.exists():
+            notes["lepton.ai/fake-message"] = run.message.read_text()[:4096]
+        self.kube.patch("pod", name, self.namespace, {"metadata": {"annotations": notes}})
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(r.proc.poll() is None for r in self.started.values()):
+            time.sleep(0.2)
