@@ -11,6 +11,7 @@ import pytest
 from lepton.api import TuningStudy
 from lepton.api.conditions import ConditionType, get_condition
 from lepton.api.tuner import StudySummary, SyncReply, TrialInfo
+from lepton.api.tuningstudy import trial_name
 from lepton.api.validation import parse
 from lepton.status.tuningstudy import RunView, StudyDecision, TunerView, decide, sync_request
 
@@ -72,7 +73,10 @@ def reply(*trials: TrialInfo, **counts: int) -> SyncReply:
 
 
 def names(d: StudyDecision) -> list[tuple[str, bool]]:
-    return [(c["metadata"]["name"], bool(c["spec"].get("suspend"))) for c in d.create]
+    """Runs stopped (True) or resumed (False), then runs created (False), by name."""
+    return [(body["metadata"]["name"], flag) for body, flag in d.suspend] + [
+        (trial_name("s", t.number, t.retry), False) for t in d.start
+    ]
 
 
 def condition(d: StudyDecision, type_: str) -> tuple[str, str] | None:
@@ -233,4 +237,15 @@ def test_the_dataset_version_is_pinned_once() -> None:
 def test_a_finished_study_runs_nothing() -> None:
     done = study({"phase": "Succeeded", "completionTime": "2026-11-28T11:59:00Z"})
     d = decide(done, [run(0, "Succeeded")], TunerView(exists=True, ready=True), now=NOW + timedelta(hours=1))
-    assert (d.status.phase, d.tuner, d.create) == ("Succeeded", False, [])
+    assert (d.status.phase, d.tuner, d.start, d.suspend) == ("Succeeded", False, [], [])
+
+
+def test_a_grid_search_ends_when_its_points_are_spent() -> None:
+    grid = study(RUNNING, sampler={"type": "grid"}, maxTrials=20,
+                 searchSpace=[{"name": "learningRate", "type": "float", "low": 0.01, "high": 0.03, "step": 0.01},
+                              {"name": "batchSize", "type": "categorical", "choices": ["8", "16"]}])  # fmt: skip
+    assert sync_request(grid, [], NOW).max_trials == 6  # 3 x 2 points: Optuna would repeat them after
+    r = reply(*[trial(i, "complete", 1.0) for i in range(6)])
+    d = decide(grid, [], TunerView(exists=True, ready=True, reply=r), now=NOW)
+    assert (d.status.phase, d.status.trials_done) == ("Succeeded", "6/6")
+    assert "grid's 6 points" in (get_condition(d.status.conditions, ConditionType.SUCCEEDED) or d).message  # type: ignore[union-attr]

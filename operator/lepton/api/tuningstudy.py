@@ -116,10 +116,13 @@ class Pruner(ApiModel):
         "its checkpoint kept, and it counts as pruned).",
     )
     warmup_steps: Int = Field(
-        default=0, ge=0, le=INT32_MAX, description="median, percentile: steps before a trial may be pruned."
+        default=0,
+        ge=0,
+        le=INT32_MAX,
+        description="median, percentile: steps before a trial may be pruned; wilcoxon: its startup steps.",
     )
     startup_trials: Int = Field(
-        default=5, ge=0, le=10000, description="median, percentile, wilcoxon: finished trials before any pruning."
+        default=5, ge=0, le=10000, description="median, percentile: finished trials before any pruning."
     )
     interval_steps: Int = Field(default=1, ge=1, le=INT32_MAX, description="median, percentile: steps between checks.")
     percentile: float | None = Field(
@@ -147,7 +150,7 @@ class StudyStorage(ApiModel):
     pvc: PvcPath | None = Field(default=None, description="Journal file (Optuna JournalStorage) inside a PVC.")
     url_secret_ref: SecretKeyRef | None = Field(
         default=None,
-        description="Secret key with an RDB URL (postgresql://…, mysql://…); reaches the tuner only as a "
+        description="Secret key with an RDB URL (postgresql://…, mysql+pymysql://…); reaches the tuner only as a "
         "secretKeyRef environment variable, never status or logs.",
     )
 
@@ -291,6 +294,19 @@ class TuningStudySpec(ApiModel):
 
     def objective_list(self) -> list[Objective]:
         return _objectives(self)
+
+    def trial_budget(self) -> int:
+        """maxTrials, or the grid's size when a grid search has fewer points (Optuna would repeat them)."""
+        if self.sampler.type != "grid":
+            return self.max_trials
+        size = 1
+        for p in self.search_space:
+            if p.type == "categorical":
+                size *= len(p.choices or [])
+            elif p.low is not None and p.high is not None:
+                step = p.step or 1
+                size *= int((p.high - p.low) / step + 1e-9) + 1  # the grid's points: low, low + step, … ≤ high
+        return max(1, min(self.max_trials, size))
 
 
 class Trials(ApiModel):

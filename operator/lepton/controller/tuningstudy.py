@@ -18,6 +18,7 @@ from lepton.api.validation import ManifestError, parse
 from lepton.controller.reconciler import IDLE_SECONDS, Binding, ChildKind, Key
 from lepton.controller.tuner import TunerError, sync
 from lepton.render.networkpolicy import NetworkSettings
+from lepton.render.trials import suspended, trial_job, trial_manifest
 from lepton.render.tuningstudy import (
     TunerSettings,
     render_claim,
@@ -94,7 +95,10 @@ class TuningStudyBinding(Binding[TuningStudy]):
                                          resolution.warm_start))  # fmt: skip
             if self.network is not None:
                 children.append(render_network_policy(resource, self.network))
-        children += decision.create
+        version = decision.status.dataset_version
+        children += [suspended(body, flag) for body, flag in decision.suspend]
+        children += [trial_manifest(resource, trial_job(resource, t.number, t.parameters, retry=t.retry,
+                                                        dataset_version=version)) for t in decision.start]  # fmt: skip
         return Plan(
             status=decision.status,
             children=children,

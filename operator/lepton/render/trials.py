@@ -5,84 +5,17 @@ which study and trial it is. Used by the operator and by the local backend alike
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
-
-from pydantic import ValidationError
 
 from lepton.api.common import StorageLocation
 from lepton.api.constants import Label
 from lepton.api.kinds import API_VERSION, ObjectMeta, TrainingJob, TuningStudy
-from lepton.api.trainingjob import TrainingJobSpec
-from lepton.api.tuningstudy import RESOURCE_TARGETS, Parameter, trial_name
+from lepton.api.trials import ParamValue, TrialSpecError, parameter_text, trial_spec
+from lepton.api.tuningstudy import Parameter, trial_name
 from lepton.render.common import child_labels, owner_reference
 
 COMPONENT = "trial"
-DEFAULT_STARTUP_DEADLINE = 900  # seconds, for a template that sets no startupDeadlineSeconds
-ParamValue = float | int | str
-
-
-class TrialSpecError(ValueError):
-    """The parameters make a TrainingJob spec that does not validate (e.g. a choice its field refuses)."""
-
-
-def parameter_text(value: ParamValue) -> str:
-    """How status and annotations show a parameter: floats with up to 6 significant digits."""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _typed(value: ParamValue, field: str, template: Mapping[str, Any]) -> Any:
-    """A parameter as its TrainingJob field wants it: categorical choices arrive as text."""
-    if isinstance(value, str):
-        for convert in (int, float):
-            try:
-                number = convert(value)
-            except ValueError:
-                continue
-            return number if math.isfinite(number) else value
-        return value
-    if isinstance(value, float) and value.is_integer() and isinstance(template.get(field), int):
-        return int(value)
-    return value
-
-
-def trial_spec(template: TrainingJobSpec, parameters: Mapping[str, ParamValue], output_leaf: str,
-               dataset_version: str | None) -> TrainingJobSpec:  # fmt: skip
-    """The template with `parameters` applied; raises TrialSpecError when the result is invalid."""
-    wire = template.to_wire()
-    hyper = dict(wire.get("hyperparameters") or {})
-    for name, value in parameters.items():
-        if name in RESOURCE_TARGETS:
-            wire[name] = _typed(value, name, wire)
-            if name == "nodes":  # a searched size is a fixed size
-                wire.pop("minNodes", None)
-                wire.pop("maxNodes", None)
-        else:
-            hyper[name] = _typed(value, name, hyper)
-    wire["hyperparameters"] = hyper
-    out = dict(wire["output"])
-    if "pvc" in out:
-        pvc = dict(out["pvc"])
-        pvc["path"] = f"{str(pvc.get('path') or '').rstrip('/')}/{output_leaf}".lstrip("/")
-        out["pvc"] = pvc
-    elif "uri" in out:
-        out["uri"] = f"{str(out['uri']).rstrip('/')}/{output_leaf}"
-    wire["output"] = out
-    data = dict(wire["data"])
-    if "datasetRef" in data and dataset_version and not data["datasetRef"].get("version"):
-        data["datasetRef"] = {**data["datasetRef"], "version": dataset_version}
-    wire["data"] = data
-    # A trial that cannot start (unschedulable, image pull) fails after this and is retried as an
-    # infrastructure failure, instead of waiting forever.
-    wire.setdefault("startupDeadlineSeconds", DEFAULT_STARTUP_DEADLINE)
-    try:
-        return TrainingJobSpec.model_validate(wire)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise TrialSpecError(f"the parameters make an invalid TrainingJob: {problems}") from exc
 
 
 def trial_job(study: TuningStudy, number: int, parameters: Mapping[str, ParamValue], *, retry: int = 0,
@@ -111,6 +44,14 @@ def trial_manifest(study: TuningStudy, job: TrainingJob) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "TrainingJob", "metadata": meta, "spec": job.spec.to_wire()}
 
 
+def suspended(run: Mapping[str, Any], suspend: bool) -> dict[str, Any]:
+    """A trial run as it is, with spec.suspend set: stopping (or resuming) changes nothing else."""
+    meta = run.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "labels", "annotations", "ownerReferences") if k in meta}
+    return {"apiVersion": run.get("apiVersion"), "kind": "TrainingJob", "metadata": kept,
+            "spec": {**(run.get("spec") or {}), "suspend": suspend}}  # fmt: skip
+
+
 def output_location(location: StorageLocation) -> str:
     """How status names a trial's output (the TrainingJob's status.outputModel once it succeeded)."""
     return location.pvc.location() if location.pvc is not None else str(location.uri)
@@ -118,3 +59,6 @@ def output_location(location: StorageLocation) -> str:
 
 def parameter_by_name(space: list[Parameter]) -> dict[str, Parameter]:
     return {p.name: p for p in space}
+
+
+__all__ = ["COMPONENT", "ParamValue", "TrialSpecError", "parameter_text", "suspended", "trial_job", "trial_manifest"]

@@ -20,9 +20,9 @@ from lepton.api.conditions import ConditionType, Reason
 from lepton.api.constants import TERMINAL_PHASES, Label, Phase
 from lepton.api.contract import _finite
 from lepton.api.kinds import TuningStudy
+from lepton.api.trials import ParamValue, TrialSpecError, parameter_text, trial_spec
 from lepton.api.tuner import StudySummary, SyncReply, SyncRequest, TrialInfo, TrialReport, TrialResult
 from lepton.api.tuningstudy import PARETO_TRIALS, TOP_TRIALS, BestTrial, Trials, TrialSummary, TuningStudyStatus
-from lepton.render.trials import TrialSpecError, parameter_text, trial_job, trial_manifest
 from lepton.status.clock import parse_time, rfc3339
 from lepton.status.story import Story
 
@@ -136,18 +136,21 @@ def ending(study: TuningStudy, summary: StudySummary | None, now: datetime) -> E
     if summary.fail > spec.max_failed_trials:
         why = f"{summary.fail} trials failed, more than maxFailedTrials ({spec.max_failed_trials})"
         return Ending(Phase.FAILED, Reason.TOO_MANY_FAILED_TRIALS, why)
-    done = summary.complete + summary.pruned + summary.fail
-    if done >= spec.max_trials:
-        return Ending(Phase.SUCCEEDED, Reason.MAX_TRIALS_REACHED, f"{done} of maxTrials {spec.max_trials} finished")
+    done, budget = summary.complete + summary.pruned + summary.fail, spec.trial_budget()
+    if done >= budget:
+        grid = f" (the grid's {budget} points)" if budget < spec.max_trials else ""
+        return Ending(
+            Phase.SUCCEEDED, Reason.MAX_TRIALS_REACHED, f"{done} of maxTrials {spec.max_trials}{grid} finished"
+        )
     objectives = spec.objective_list()
     if spec.goal is not None and summary.best and summary.best[0].values:
         value = summary.best[0].values[0]
         if value <= spec.goal if objectives[0].direction == "minimize" else value >= spec.goal:
             return Ending(Phase.SUCCEEDED, Reason.GOAL_REACHED,
                           f"Trial {summary.best[0].number} reached the goal {spec.goal:g} ({value:.6g})")  # fmt: skip
-    budget = spec.max_duration_seconds
-    if elapsed is not None and budget is not None and elapsed > budget:
-        return Ending(Phase.SUCCEEDED, Reason.MAX_DURATION_REACHED, f"maxDurationSeconds ({budget}s) passed")
+    limit = spec.max_duration_seconds
+    if elapsed is not None and limit is not None and elapsed > limit:
+        return Ending(Phase.SUCCEEDED, Reason.MAX_DURATION_REACHED, f"maxDurationSeconds ({limit}s) passed")
     return None
 
 
@@ -181,7 +184,7 @@ def sync_request(study: TuningStudy, runs: Sequence[RunView], now: datetime,
         for trial in last.trials:
             if trial.state == "running" and trial.number not in latest:
                 try:
-                    trial_job(study, trial.number, trial.parameters)
+                    trial_spec(spec.trial_template.training_job, trial.parameters, "trial", None)
                 except TrialSpecError as exc:
                     results.append(TrialResult(number=trial.number, state="fail", message=str(exc)[:1024]))
     reports: list[TrialReport] = []
@@ -195,7 +198,7 @@ def sync_request(study: TuningStudy, runs: Sequence[RunView], now: datetime,
         study=f"{study.metadata.namespace or 'default'}/{study.metadata.name}",
         uid=study.metadata.uid or "",
         parallelism=spec.parallelism if asking else 0,
-        max_trials=spec.max_trials,
+        max_trials=spec.trial_budget(),
         results=results,
         reports=reports,
         known=sorted(latest),
@@ -216,10 +219,20 @@ class TunerView:
 
 
 @dataclass(frozen=True)
+class TrialStart:
+    """A run to create: trial `number`'s first, or its `retry`-th after infrastructure failures."""
+
+    number: int
+    parameters: Mapping[str, ParamValue]
+    retry: int = 0
+
+
+@dataclass(frozen=True)
 class StudyDecision:
     status: TuningStudyStatus
     tuner: bool  # the tuner pod must exist
-    create: list[dict[str, Any]]  # trial TrainingJobs to create (or resume, or stop: applied)
+    start: list[TrialStart]  # runs to create
+    suspend: list[tuple[Mapping[str, Any], bool]]  # runs to stop (True) or resume (False), as observed
     keep: frozenset[str]  # trial TrainingJobs that may stay; every other trial is deleted
     requeue_after: float | None
 
@@ -249,14 +262,6 @@ def _best(info: TrialInfo, runs: Mapping[int, RunView], previous: BestTrial | No
     )  # fmt: skip
 
 
-def _stop(run: RunView, suspend: bool) -> dict[str, Any]:
-    """The run as it is, with spec.suspend set: stopping (or resuming) keeps everything else as created."""
-    meta = run.body.get("metadata") or {}
-    kept = {k: meta[k] for k in ("name", "namespace", "labels", "annotations", "ownerReferences") if k in meta}
-    return {"apiVersion": run.body.get("apiVersion"), "kind": "TrainingJob", "metadata": kept,
-            "spec": {**(run.body.get("spec") or {}), "suspend": suspend}}  # fmt: skip
-
-
 def _retained(study: TuningStudy, latest: Mapping[int, RunView], runs: Sequence[RunView], best: int | None,
               finished: set[int]) -> frozenset[str]:  # fmt: skip
     """Runs that may stay: every live one (suspended with the study included), the best trial's, and
@@ -280,7 +285,7 @@ def _record(c: Story[TuningStudyStatus], study: TuningStudy, summary: StudySumma
     c.update(
         trials=Trials(total=summary.total - summary.waiting, running=summary.running, succeeded=summary.complete,
                       pruned=summary.pruned, failed=summary.fail, retried=retried),
-        trials_done=f"{summary.complete + summary.pruned + summary.fail}/{spec.max_trials}",
+        trials_done=f"{summary.complete + summary.pruned + summary.fail}/{spec.trial_budget()}",
         top_trials=[_summary(t, latest, several) for t in summary.top[:TOP_TRIALS]],
         pareto_front=[_summary(t, latest, several) for t in summary.best[:PARETO_TRIALS]] if several else [],
         best_trial=_best(summary.best[0], latest, previous.best_trial, several) if summary.best else None,
@@ -316,30 +321,29 @@ def _finish(c: Story[TuningStudyStatus], stop: Ending, now: datetime) -> None:
 
 
 def _actions(study: TuningStudy, latest: Mapping[int, RunView], running: Sequence[RunView], reply: SyncReply, *,
-             stop: Ending | None, version: str | None) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
-    """Trial runs to apply: stopped (their trial finished in the tuner, or the study ends), resumed (a
-    run suspended with the study), or created (a trial the tuner runs without a run: its first run, or
-    a retry after an infrastructure failure). Also how many runs are starting."""
+             stop: Ending | None) -> tuple[list[TrialStart], list[tuple[Mapping[str, Any], bool]]]:  # fmt: skip
+    """Runs to stop (their trial finished in the tuner, or the study ends), to resume (suspended with
+    the study), and to create (a trial the tuner runs without a run: its first run, or a retry after
+    an infrastructure failure)."""
     states = {t.number: t.state for t in reply.trials}
-    apply = [_stop(r, True) for r in running if stop is not None or states.get(r.number, "running") != "running"]
+    suspend = [(r.body, True) for r in running if stop is not None or states.get(r.number, "running") != "running"]
     if stop is not None:
-        return apply, 0
-    started = 0
+        return [], suspend
+    start: list[TrialStart] = []
+    template = study.spec.trial_template.training_job
     for trial in reply.trials:
         run = latest.get(trial.number)
         if trial.state != "running":
             continue
         if run is not None and run.suspended and not run.finished:
-            apply.append(_stop(run, False))
+            suspend.append((run.body, False))
         elif run is None or (run.infrastructure_failure and run.retry < study.spec.backoff_limit):
-            retry = 0 if run is None else run.retry + 1
             try:
-                job = trial_job(study, trial.number, trial.parameters, retry=retry, dataset_version=version)
+                trial_spec(template, trial.parameters, "trial", None)
             except TrialSpecError:
                 continue  # told as failed by the next sync
-            apply.append(trial_manifest(study, job))
-            started += 1
-    return apply, started
+            start.append(TrialStart(trial.number, trial.parameters, 0 if run is None else run.retry + 1))
+    return start, suspend
 
 
 def _look_again(study: TuningStudy, status: TuningStudyStatus, stop: Ending | None, now: datetime) -> float:
@@ -365,11 +369,13 @@ def decide(study: TuningStudy, runs: Sequence[RunView], tuner: TunerView, *, wai
         _record(c, study, reply.summary, latest)
     finished = {t.number for t in reply.trials if t.state != "running"} if reply is not None else set()
 
-    def out(phase: str, *, tuner_pod: bool, apply: list[dict[str, Any]] | None = None,
+    def out(phase: str, *, tuner_pod: bool, start: list[TrialStart] | None = None,
+            suspend: list[tuple[Mapping[str, Any], bool]] | None = None,
             requeue: float | None = None) -> StudyDecision:  # fmt: skip
         best = c.status.best_trial.number if c.status.best_trial else None
         keep = _retained(study, latest, runs, best, finished)
-        return StudyDecision(c.status.model_copy(update={"phase": phase}), tuner_pod, apply or [], keep, requeue)
+        return StudyDecision(c.status.model_copy(update={"phase": phase}), tuner_pod, start or [], suspend or [],
+                             keep, requeue)  # fmt: skip
 
     if previous.phase in TERMINAL_PHASES:  # finished: no tuner, no running trial; retention still applies
         return out(str(previous.phase), tuner_pod=False)
@@ -377,7 +383,7 @@ def decide(study: TuningStudy, runs: Sequence[RunView], tuner: TunerView, *, wai
     if spec.suspend:
         c.set(ConditionType.SUSPENDED, True, Reason.SUSPENDED, "Trials suspended (checkpoints kept), tuner stopped")
         c.story(ready=False, reconciling=False, stalled=False, reason=Reason.SUSPENDED, message="Suspended")
-        return out(Phase.SUSPENDED, tuner_pod=False, apply=[_stop(r, True) for r in running])
+        return out(Phase.SUSPENDED, tuner_pod=False, suspend=[(r.body, True) for r in running])
     if any(cd.type == ConditionType.SUSPENDED and cd.status == "True" for cd in previous.conditions):
         c.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "Resumed")
     if waiting:
@@ -398,14 +404,16 @@ def decide(study: TuningStudy, runs: Sequence[RunView], tuner: TunerView, *, wai
     if stop is not None and not running and reply.summary.running == 0:
         _finish(c, stop, now)
         return out(stop.phase, tuner_pod=False)
-    apply, started = _actions(study, latest, running, reply, stop=stop, version=c.status.dataset_version)
+    start, suspend = _actions(study, latest, running, reply, stop=stop)
     if stop is not None:
         c.story(ready=True, reconciling=True, stalled=False, reason=Reason.STOPPING_TRIALS,
                 message=f"{stop.message}; stopping {len(running)} running trial(s)")  # fmt: skip
     else:
         c.story(ready=True, reconciling=False, stalled=False, reason=Reason.TRIALS_RUNNING,
-                message=f"{len(running) + started} trial(s) running, {c.status.trials_done} finished")  # fmt: skip
-    return out(Phase.RUNNING, tuner_pod=True, apply=apply, requeue=_look_again(study, c.status, stop, now))
+                message=f"{len(running) + len(start)} trial(s) running, {c.status.trials_done} finished")  # fmt: skip
+    return out(
+        Phase.RUNNING, tuner_pod=True, start=start, suspend=suspend, requeue=_look_again(study, c.status, stop, now)
+    )
 
 
 def parameters_annotation(obj: Mapping[str, Any]) -> dict[str, str]:

@@ -22,6 +22,7 @@ from lepton.api.tuner import TrialState as StateName
 from lepton.api.tuningstudy import PARETO_TRIALS, TOP_TRIALS
 from lepton.workloads.tuner import space
 from lepton.workloads.tuner.metrics import TunerMetrics
+from lepton.workloads.tuner.storage import SEED_ATTR, WARM_PREFIX
 
 STATE_NAMES: dict[TrialState, StateName] = {
     TrialState.RUNNING: "running",
@@ -175,7 +176,7 @@ class StudyService:
             self.metrics.duration.observe(frozen.duration.total_seconds())
 
     def _ask(self, parallelism: int, max_trials: int, changes: Changes) -> None:
-        trials = self.study.get_trials(deepcopy=False)
+        trials = [t for t in self.study.get_trials(deepcopy=False) if not warm(t)]  # warm trials ran elsewhere
         running = sum(t.state == TrialState.RUNNING for t in trials)
         asked = sum(t.state != TrialState.WAITING for t in trials)  # enqueued, not asked: no budget yet
         while running < parallelism and asked < max_trials:
@@ -214,9 +215,17 @@ def _key(direction: StudyDirection) -> float:
     return 1.0 if direction == StudyDirection.MINIMIZE else -1.0
 
 
+def warm(trial: FrozenTrial) -> bool:
+    """A finished trial of another study added for the warm start: it guides the sampler, but it ran
+    nowhere here, spends no budget and has no model to hand on."""
+    return str(trial.user_attrs.get(SEED_ATTR, "")).startswith(WARM_PREFIX)
+
+
 def summarize(trials: Sequence[FrozenTrial], study: optuna.Study) -> StudySummary:
     """Counts by state, the best trial (several objectives: the Pareto front, best first objective
-    first, at most PARETO_TRIALS) and the TOP_TRIALS best complete trials, best first."""
+    first, at most PARETO_TRIALS) and the TOP_TRIALS best complete trials, best first; trials of
+    this study only (warm-start trials left out)."""
+    trials = [t for t in trials if not warm(t)]
     directions = study.directions
     counts = {name: 0 for name in STATE_NAMES.values()}
     for t in trials:
@@ -229,7 +238,7 @@ def summarize(trials: Sequence[FrozenTrial], study: optuna.Study) -> StudySummar
     if len(directions) == 1:
         best = complete[:1]
     else:  # the Pareto front, best first objective first
-        front = {t.number for t in study.best_trials}
+        front = {t.number for t in study.best_trials if not warm(t)}
         best = [t for t in complete if t.number in front][:PARETO_TRIALS]
     return StudySummary(
         total=len(trials),

@@ -20,6 +20,7 @@ from lepton.workloads.tuner import space
 
 log = logging.getLogger("lepton.tuner")
 SEEDED_ATTR = "lepton.seeded"  # study user attribute: the warm start is in (never added again)
+WARM_PREFIX = "warm-"  # SEED_ATTR of a trial added from another study (fromStudy)
 SEED_ATTR = "lepton.seed"  # trial user attribute: the warm start item it came from (enqueue-<i>, warm-<i>)
 
 
@@ -104,7 +105,7 @@ def seed(study: optuna.Study, config: TunerConfig) -> tuple[int, int]:
     dists = space.distributions(config.search_space)
     warm = 0
     for i, item in enumerate(config.warm_start):
-        key = f"warm-{i}"
+        key = f"{WARM_PREFIX}{i}"
         if key in done:
             continue
         try:
