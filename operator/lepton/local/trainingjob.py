@@ -69,8 +69,12 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
             missing = [e["name"] for e in container["env"] if "valueFrom" in e and not os.environ.get(e["name"])]
             if missing:
                 raise LocalRunError(f"secret-backed env {missing} must be set in your environment to run locally")
-            port = base_port + index * PORT_STRIDE
-            config = json.loads(env[TRAINER_CONFIG_ENV]) | {"metricsPort": port}
+            port, name = base_port + index * PORT_STRIDE, pod["metadata"]["name"]
+            # One machine, several "pods": a metrics port and a termination log of its own each.
+            config = json.loads(env[TRAINER_CONFIG_ENV]) | {
+                "metricsPort": port,
+                "terminationLog": str(run_dir / f"{name}.summary.json"),
+            }
             env[TRAINER_CONFIG_ENV] = json.dumps(config)
             env.pop("HOME", None)  # the pod's read-only-root layout; locally the user's own
             for key in ("HF_HOME", "TRITON_CACHE_DIR"):
@@ -78,7 +82,6 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
             argv = [f"--rdzv-endpoint={rendezvous}" if a.startswith("--rdzv-endpoint=") else a
                     for a in container["command"][1:]]  # fmt: skip
             argv = [sys.executable, "-m", "torch.distributed.run", *argv]  # the image's torchrun
-            name = pod["metadata"]["name"]
             out.append(LocalProcess(name, argv, env, run_dir / f"{name}.log", port))
         return out
 

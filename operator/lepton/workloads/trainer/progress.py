@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+from lepton.api.contract import MAX_EVALUATIONS
 from lepton.api.tokens import AUTH_HEADER, PROGRESS_TOKEN_ENV, authorized
 
 GUARDED = frozenset({"/progress"})  # paths that need the job's token when one is set
@@ -58,7 +59,16 @@ class Progress:
             elapsed = time.monotonic() - self._started
             self.state["etaSeconds"] = int(elapsed / max(step - self.state.get("startStep", 0), 1) * (total - step))
 
-    def serve(self, port: int, token: str | None = None) -> None:
+    def evaluated(self, step: int, metrics: dict[str, float | None]) -> None:
+        """Record one evaluation: /progress keeps the last MAX_EVALUATIONS, so a reader polling every few
+        seconds (the operator, for a TuningStudy's pruner) misses none of them."""
+        kept = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        if not kept:
+            return
+        history = [e for e in self.state.get("evaluations", []) if e["step"] != step]
+        self.state["evaluations"] = [*history, {"step": step, "metrics": kept}][-MAX_EVALUATIONS:]
+
+    def serve(self, port: int, token: str | None = None, host: str = "0.0.0.0") -> None:
         """Serve /metrics and /progress on `port` (0: off). `token` defaults to the one the operator
         put into the environment (PROGRESS_TOKEN_ENV); None or empty: no token is asked for."""
         if port <= 0:
@@ -90,7 +100,7 @@ class Progress:
             def log_message(self, *_: Any) -> None:  # no access log on stderr
                 return
 
-        self._server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        self._server = ThreadingHTTPServer((host, port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True, name="metrics").start()
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from transformers import (
     get_scheduler,
 )
 
-from lepton.api.contract import TrainerConfig
+from lepton.api.contract import TrainerConfig, TrainingSummary
 from lepton.api.trainingjob import Hyperparameters
 from lepton.workloads.trainer import checkpoint
 from lepton.workloads.trainer.data import DataError, Packed, TrainerError, epoch_order, read_rows, tokenize
@@ -229,6 +229,19 @@ def _model_kept(cfg: TrainerConfig, out: Path, step: int, *, rank: int, device: 
     return bool(flag.item() > 0)
 
 
+def _write_summary(cfg: TrainerConfig, step: int, metrics: dict[str, float | None], out: Path) -> None:
+    """Rank 0's TrainingSummary in its termination log: the final metrics reach the TrainingJob's status
+    (and a TuningStudy's trial result) through the pod's status, with no API access."""
+    if not cfg.termination_log:
+        return
+    kept = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
+    summary = TrainingSummary(step=step, metrics=kept, model=str(out))
+    try:
+        Path(cfg.termination_log).write_text(json.dumps(summary.to_wire(), sort_keys=True)[:4096])
+    except OSError as exc:  # no termination log to write (not in a pod): the model is what matters
+        log(0, f"could not write the termination log {cfg.termination_log}: {exc}")
+
+
 def _loss(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -282,7 +295,8 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
 
     progress = Progress(total, rank)
     progress.update(startStep=step, step=step)
-    progress.serve(cfg.metrics_port + int(os.environ.get("LOCAL_RANK", "0")) if cfg.metrics_port else 0)
+    progress.serve(cfg.metrics_port + int(os.environ.get("LOCAL_RANK", "0")) if cfg.metrics_port else 0,
+                   host=cfg.metrics_host)  # fmt: skip
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     history_file = (out / "train_log.jsonl").open("a") if rank == 0 else None
@@ -325,6 +339,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
             preempted = bool(flags.item() > 0)
         if hp.eval_every_steps and step % hp.eval_every_steps == 0:
             eval_loss = _evaluate(par, evals, cfg, rank=rank, world=world, device=device)
+            progress.evaluated(step, {"eval_loss": eval_loss, "loss": loss_value})
         rate = per_step * (step - progress.state["startStep"]) / max(time.monotonic() - started, 1e-9)
         progress.update(step=step, epoch=epoch + position / len(train), loss=loss_value, samplesPerSecond=rate,
                         evalLoss=eval_loss)  # fmt: skip
@@ -370,6 +385,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
                 "int8_layers": quantized, "train_seconds": train_seconds, "checkpoint_seconds": ckpt_seconds,
                 "samples_per_second": trained / max(train_seconds, 1e-9)}  # fmt: skip
         (out / "lepton-training.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        _write_summary(cfg, step, {"eval_loss": eval_loss, "loss": loss_value}, out)
         log(rank, f"done: {step} steps, loss {'n/a' if loss_value is None else f'{loss_value:.4f}'}, model in {out}")
     dist.barrier()
     progress.close()
