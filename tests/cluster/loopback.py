@@ -75,8 +75,8 @@ class LoopbackRuntime:
     namespace: str
     workdir: Path
     storage_url: str = ""  # the tuner's RDB URL (its pod reads it from a Secret)
-    started: dict[str, Running] = field(default_factory=dict)
-    finished: dict[str, int] = field(default_factory=dict)  # pod -> exit code
+    started: dict[str, Running] = field(default_factory=dict)  # by pod UID (a pod made again keeps its name)
+    finished: dict[str, int] = field(default_factory=dict)  # pod UID -> exit code
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     errors: list[str] = field(default_factory=list)
@@ -120,29 +120,30 @@ class LoopbackRuntime:
         return list(json.loads(out.stdout or '{"items": []}').get("items", []))
 
     def _step(self) -> None:
-        pods = {p["metadata"]["name"]: p for p in self._pods()}
-        for name, run in list(self.started.items()):
-            pod = pods.get(name)
+        pods = {p["metadata"]["uid"]: p for p in self._pods()}
+        for uid, run in list(self.started.items()):
+            pod = pods.get(uid)
             gone = pod is None or bool(pod["metadata"].get("deletionTimestamp"))
             if gone and run.proc.poll() is None and not run.stopped:
                 run.proc.send_signal(signal.SIGTERM)  # the kubelet's stop: the trainer checkpoints
                 run.stopped = True
             code = run.proc.poll()
-            if code is not None and name.endswith("-tuner") and not gone:  # restartPolicy Always
-                assert pod is not None
-                self.started[name] = self._start(pod, run.ip)
+            if code is not None and run.pod.endswith("-tuner") and pod is not None and not gone:
+                self.started[uid] = self._start(pod, run.ip)  # restartPolicy Always
                 continue
-            if code is not None and name not in self.finished:
-                self.finished[name] = code
-                if not gone and not name.endswith("-tuner"):
-                    self._finish(name, code, run)
-        for name, pod in pods.items():
+            if code is not None and uid not in self.finished:
+                self.finished[uid] = code
+                if not gone and not run.pod.endswith("-tuner"):
+                    self._finish(run.pod, code, run)
+        for uid, pod in pods.items():
             ip = (pod.get("status") or {}).get("podIP") or ""
-            if name in self.started or name in self.finished or not ip.startswith("127.77."):
+            if uid in self.started or uid in self.finished or not ip.startswith("127.77."):
                 continue
             if pod["status"].get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
                 continue
-            self.started[name] = self._start(pod, ip)
+            if any(r.ip == ip and r.proc.poll() is None for r in self.started.values()):
+                continue  # the address is still held by the process of a pod being deleted
+            self.started[uid] = self._start(pod, ip)
 
     def _start(self, pod: dict[str, Any], ip: str) -> Running:
         name = pod["metadata"]["name"]

@@ -138,6 +138,8 @@ def test_a_new_study_waits_for_its_tuner_then_runs() -> None:
     d = decide(study(), [], TunerView(exists=True, waiting_reason="ImagePullBackOff", message="no such image"),
                now=NOW)  # fmt: skip
     assert condition(d, ConditionType.STALLED) == ("True", "ImagePullBackOff")
+    d = decide(study(RUNNING), [], TunerView(exists=True, ready=True, error="HTTP 401", refused=True), now=NOW)
+    assert (d.tuner, d.status.phase) == (False, "Running")  # deleted, and created with the current token next
     d = decide(study(), [], TunerView(exists=True, unschedulable="0/5 nodes are available"), now=NOW)
     assert condition(d, ConditionType.RECONCILING) == ("True", "Unschedulable")
     d = decide(study(), [], TunerView(exists=True, ready=True, reply=reply()), now=NOW)

@@ -16,6 +16,10 @@ SYNC_TIMEOUT = 60.0  # a GP sampler over thousands of trials may take this long 
 class TunerError(Exception):
     """The tuner did not answer a sync (starting, gone, refusing): the words say which."""
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 async def sync(url: str, request: SyncRequest, token: str | None, timeout: float = SYNC_TIMEOUT) -> SyncReply:
     headers = {"Content-Type": "application/json", **(bearer(token) if token else {})}
@@ -28,7 +32,7 @@ async def sync(url: str, request: SyncRequest, token: str | None, timeout: float
         ):
             body = await rsp.content.read(MAX_BYTES)
             if rsp.status != 200:
-                raise TunerError(f"HTTP {rsp.status}: {body[:300].decode(errors='replace')}")
+                raise TunerError(f"HTTP {rsp.status}: {body[:300].decode(errors='replace')}", rsp.status)
             return SyncReply.model_validate_json(body)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise TunerError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc

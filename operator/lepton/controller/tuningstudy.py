@@ -74,7 +74,7 @@ class TuningStudyBinding(Binding[TuningStudy]):
             reply = await sync(f"http://{ip}:{TUNER_PORT}/v1/sync", request, self._token(study.metadata.uid or ""))
         except TunerError as exc:
             log.info("TuningStudy %s/%s: sync with its tuner failed: %s", *key, exc)
-            return TunerView(exists=True, ready=True, error=str(exc))
+            return TunerView(exists=True, ready=True, error=str(exc), refused=exc.status == 401)
         self._replies[key] = reply
         return TunerView(exists=True, ready=True, reply=reply)
 

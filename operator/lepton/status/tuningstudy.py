@@ -214,6 +214,7 @@ class TunerView:
     waiting_reason: str = ""  # ImagePullBackOff, CrashLoopBackOff…
     message: str = ""
     unschedulable: str = ""  # the scheduler's words (e.g. an unbound PVC)
+    refused: bool = False  # 401: the pod holds a token of an earlier operator key; it is started again
     reply: SyncReply | None = None
     error: str = ""  # why the last sync failed
 
@@ -300,6 +301,10 @@ def _tuner_story(c: Story[TuningStudyStatus], tuner: TunerView) -> None:
     elif tuner.unschedulable:
         c.story(ready=False, reconciling=True, stalled=False, reason=Reason.UNSCHEDULABLE,
                 message=f"tuner pod: {tuner.unschedulable}"[:1000])  # fmt: skip
+    elif tuner.refused:
+        c.story(ready=False, reconciling=True, stalled=False, reason=Reason.TUNER_UNREACHABLE,
+                message="the tuner pod holds a token of an earlier operator key: starting it again (the study "
+                "is in its storage)")  # fmt: skip
     elif tuner.ready and tuner.error:
         c.story(ready=False, reconciling=True, stalled=False, reason=Reason.TUNER_UNREACHABLE,
                 message=f"tuner: {tuner.error}"[:1000])  # fmt: skip
@@ -396,7 +401,7 @@ def decide(study: TuningStudy, runs: Sequence[RunView], tuner: TunerView, *, wai
     if reply is None:
         _tuner_story(c, tuner)
         phase = Phase.RUNNING if previous.phase == Phase.RUNNING else Phase.PENDING
-        return out(phase, tuner_pod=True, requeue=STARTING_LOOK_SECONDS)
+        return out(phase, tuner_pod=not tuner.refused, requeue=STARTING_LOOK_SECONDS)
 
     if not previous.start_time:
         c.update(start_time=rfc3339(now))
