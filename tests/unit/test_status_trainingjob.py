@@ -367,3 +367,35 @@ def test_rank_zero_progress_reaches_status() -> None:
 def test_success_records_where_the_model_is() -> None:
     d = decide(job(), [pod(0, "Succeeded"), pod(1, "Succeeded")], NOW)
     assert d.status.output_model == "pvc://models/tiny-gpt2-support"
+
+
+def test_evaluations_reach_status_one_per_step_merged_with_earlier_ones() -> None:
+    earlier = {"evaluations": [{"step": 10, "metrics": {"eval_loss": "2.5"}}], "phase": "Running"}
+    report = {"step": 30, "evaluations": [
+        {"step": 20, "metrics": {"eval_loss": 2.123456789, "loss": 2.4}},
+        {"step": 30, "metrics": {"eval_loss": float("nan"), "loss": 2.2}},  # NaN dropped, the rest kept
+        {"step": "x", "metrics": {"eval_loss": 1.0}},  # an odd entry: dropped
+    ]}  # fmt: skip
+    st = decide(job(earlier), RUNNING, NOW, progress=ProgressReport.parse(report)).status
+    assert [(e.step, e.metrics) for e in st.evaluations] == [
+        (10, {"eval_loss": "2.5"}), (20, {"eval_loss": "2.12346", "loss": "2.4"}), (30, {"loss": "2.2"}),
+    ]  # fmt: skip
+    many = {"evaluations": [{"step": s, "metrics": {"loss": 1.0}} for s in range(1, 40)]}
+    kept = decide(job(earlier), RUNNING, NOW, progress=ProgressReport.parse(many)).status.evaluations
+    assert len(kept) == 20 and kept[-1].step == 39  # the latest 20, oldest first
+
+
+@pytest.mark.parametrize(
+    ("message", "metrics"),
+    [
+        (
+            '{"step": 12, "metrics": {"eval_loss": 1.5, "loss": 1.75}, "model": "/out"}',
+            {"eval_loss": "1.5", "loss": "1.75"},
+        ),
+        ("Traceback (most recent call last): ...", {}),  # a log tail, not a summary
+        ('{"metrics": {"eval_loss": "Infinity"}}', {}),
+    ],
+)
+def test_success_records_rank_zeros_final_metrics(message: str, metrics: dict[str, str]) -> None:
+    d = decide(job(), [pod(0, "Succeeded", summary=message), pod(1, "Succeeded", summary="{}")], NOW)
+    assert d.status.metrics == metrics
