@@ -14,7 +14,6 @@ import kopf
 
 from lepton.api import GROUP, KINDS, VERSION
 from lepton.api.constants import Label
-from lepton.controller.awaiting import AwaitingBinding
 from lepton.controller.dataset import DatasetBinding
 from lepton.controller.events import EventRecorder
 from lepton.controller.inferenceservice import InferenceServiceBinding
@@ -64,8 +63,10 @@ def bindings(settings: Settings) -> list[Binding[Any]]:
             network=settings.network(),
         ),
     ]
-    done = {b.info.kind for b in built}
-    return built + [AwaitingBinding(info) for kind, info in KINDS.items() if kind not in done]
+    missing = set(KINDS) - {b.info.kind for b in built}
+    if missing:  # every kind the CRDs serve has a binding: a kind without one would never get a status
+        raise RuntimeError(f"no binding for {sorted(missing)}")
+    return built
 
 
 def _index_id(kind: str, plural: str) -> str:
