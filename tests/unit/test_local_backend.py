@@ -22,6 +22,7 @@ from lepton.local.backend import LocalProcess, error_line, progress_line
 from lepton.local.dataset import DatasetBackend
 from lepton.local.inferenceservice import InferenceServiceBackend
 from lepton.local.trainingjob import TrainingJobBackend
+from lepton.local.tuningstudy import TuningStudyBackend
 from tests.conftest import EXAMPLES
 
 TORCHRUN_FAILURE = """\
@@ -59,7 +60,8 @@ def test_progress_line_reads_the_typed_report() -> None:
 
 
 def test_the_table_of_backends_by_kind() -> None:
-    assert set(BACKENDS) == {"Dataset", "TrainingJob", "InferenceService"}
+    assert set(BACKENDS) == {"Dataset", "TrainingJob", "TuningStudy", "InferenceService"}
+    assert BACKENDS["TuningStudy"] is TuningStudyBackend
     assert BACKENDS["Dataset"] is DatasetBackend
     assert BACKENDS["TrainingJob"] is TrainingJobBackend
     assert BACKENDS["InferenceService"] is InferenceServiceBackend

@@ -153,8 +153,11 @@ def test_run_rejects_what_cannot_run_here(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "the local backend runs on CPU" in proc.stderr
     proc = leptonctl("run", "-f", str(EXAMPLES / "invalid" / "trainingjob-zero-nodes.yaml"))
     assert proc.returncode == 2 and "spec.nodes in body should be greater than or equal to 1" in proc.stderr
-    proc = leptonctl("run", "-f", str(EXAMPLES / "tuningstudy.yaml"))
-    assert proc.returncode == 2 and "leptonctl run does not run TuningStudy yet" in proc.stderr
+    study = yaml.safe_load((EXAMPLES / "tuningstudy.yaml").read_text())
+    study["spec"]["trialTemplate"]["trainingJob"]["gpusPerNode"] = 1
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    proc = leptonctl("run", "-f", str(tmp_path / "study.yaml"))
+    assert proc.returncode == 2 and "the local backend runs on CPU" in proc.stderr
     proc = leptonctl("run", "-f", str(QUICKSTART), "--runs-dir", str(tmp_path / "no-runs"))
     assert proc.returncode == 2 and "no local run under" in proc.stderr and "prepare it first" in proc.stderr
 

@@ -12,9 +12,10 @@ from lepton.local.backend import LocalBackend, LocalRunError, RunOptions, run
 from lepton.local.dataset import DatasetBackend
 from lepton.local.inferenceservice import InferenceServiceBackend
 from lepton.local.trainingjob import TrainingJobBackend
+from lepton.local.tuningstudy import TuningStudyBackend
 
 BACKENDS: dict[str, type[LocalBackend[Any]]] = {
-    b.kind: b for b in (DatasetBackend, TrainingJobBackend, InferenceServiceBackend)
+    b.kind: b for b in (DatasetBackend, TrainingJobBackend, TuningStudyBackend, InferenceServiceBackend)
 }
 
 __all__ = ["BACKENDS", "LocalBackend", "LocalRunError", "RunOptions", "run"]

@@ -72,6 +72,7 @@ class LocalBackend(ABC, Generic[R]):
 
     kind: ClassVar[str]
     serves: ClassVar[bool] = False  # a server runs until stopped: Ctrl-C is its normal end (exit 0)
+    drives: ClassVar[bool] = False  # runs its own loop (`drive`): its processes start over time
 
     def __init__(self, resource: R, runs_root: Path = Path(".lepton/runs")) -> None:
         self.resource = resource
@@ -103,6 +104,10 @@ class LocalBackend(ABC, Generic[R]):
     def interrupted(self) -> str:
         return "interrupted"
 
+    def drive(self, run_dir: Path, options: RunOptions) -> int:
+        """A backend whose processes start over time (a study's trials) runs its own loop; same exit codes."""
+        raise NotImplementedError
+
 
 @dataclass
 class RunOptions:
@@ -127,6 +132,9 @@ def run(backend: LocalBackend[Any], options: RunOptions) -> int:
             echo(done)
             return 0
     run_dir = _run_dir(options.runs_root, backend.resource.metadata.name)
+    if backend.drives:
+        (run_dir / f"{backend.kind.lower()}.json").write_text(json.dumps(backend.resource.to_wire(), indent=2))
+        return backend.drive(run_dir, options)
     try:
         processes = backend.processes(run_dir)
         if not processes:
@@ -137,7 +145,7 @@ def run(backend: LocalBackend[Any], options: RunOptions) -> int:
     (run_dir / f"{backend.kind.lower()}.json").write_text(json.dumps(backend.resource.to_wire(), indent=2))
     echo(f"run directory: {run_dir}")
     echo(backend.starting(processes))
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             for p in processes:
                 with p.log.open("wb") as fh:
@@ -173,7 +181,7 @@ def _run_dir(root: Path, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """A SIGTERM to leptonctl itself stops the run as a Ctrl-C does (the processes checkpoint)."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -1,0 +1,295 @@
+"""Run a TuningStudy on this machine: the tuner as a local process on a journal that outlives the run,
+and each trial as a local TrainingJob run (torchrun processes), `parallelism` at a time.
+
+The semantics are the operator's, not a second copy: each loop builds what the operator would observe
+(one TrainingJob-shaped object per trial run, with its phase, evaluations and final metrics), asks
+the same pure `sync_request` what to tell the tuner and the same pure `decide` what to start and stop.
+Only the execution differs: a run is a group of processes instead of pods, "suspend" is a SIGTERM (the
+trainer checkpoints and exits), and the journal lives in `<runs>/<name>.study/`, so running the same
+manifest again (after Ctrl-C, or a crash) continues the same study: no trial is lost or run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lepton.api.constants import TERMINAL_PHASES, Label, Phase
+from lepton.api.contract import ProgressReport
+from lepton.api.kinds import API_VERSION, TuningStudy
+from lepton.api.trials import parameter_text
+from lepton.api.tuner import JOURNAL_FILE, TUNER_CONFIG_ENV, SyncReply
+from lepton.api.tuningstudy import trial_name
+from lepton.local.backend import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    LocalBackend,
+    LocalProcess,
+    LocalRunError,
+    RunOptions,
+    error_line,
+    free_port,
+    read_progress,
+    signal_all,
+    sigterm_as_interrupt,
+    stop,
+)
+from lepton.local.dataset import published_dataset
+from lepton.local.trainingjob import METADATA, TrainingJobBackend
+from lepton.render.trials import trial_job
+from lepton.render.tuningstudy import tuner_config
+from lepton.status.progress import evaluations_from, summary_metrics
+from lepton.status.tuningstudy import RunView, TunerView, decide, sync_request
+
+LOOP_SECONDS = 1.0
+TUNER_START_SECONDS = 60.0
+
+
+@dataclass
+class LocalRun:
+    """One trial run: a TrainingJob's processes, and what the operator would read of it."""
+
+    name: str
+    number: int
+    retry: int
+    output: str
+    processes: list[LocalProcess]
+    stopped: bool = False  # SIGTERM sent because the trial was pruned or the study ends
+    evaluations: list[Any] = field(default_factory=list)
+    metrics: dict[str, str] = field(default_factory=dict)
+    done_before: bool = False  # an earlier run of leptonctl already trained it
+
+    def phase(self) -> str:
+        if self.done_before:
+            return Phase.SUCCEEDED
+        codes = [p.proc.poll() if p.proc is not None else None for p in self.processes]
+        if any(c is None for c in codes):
+            return Phase.RUNNING
+        if self.stopped:
+            return Phase.SUSPENDED
+        return Phase.SUCCEEDED if all(c == 0 for c in codes) else Phase.FAILED
+
+    def observe(self) -> dict[str, Any]:
+        """The run as the operator sees a trial TrainingJob."""
+        port = self.processes[0].progress_port if self.processes else None
+        report = read_progress(port) if port and self.phase() == Phase.RUNNING else None
+        if report is not None:
+            self.evaluations = evaluations_from(self.evaluations, report)
+        phase = self.phase()
+        status: dict[str, Any] = {"phase": phase, "outputModel": self.output,
+                                  "evaluations": [e.to_wire() for e in self.evaluations]}  # fmt: skip
+        if phase == Phase.SUCCEEDED and not self.metrics:
+            self.metrics = self._final_metrics()
+        status["metrics"] = self.metrics
+        if phase == Phase.FAILED:
+            failed = next((p for p in self.processes if p.code not in (0, None)), self.processes[0])
+            why = error_line(failed.log.read_text(errors="replace")) if failed.log.exists() else None
+            status["conditions"] = [{"type": "Failed", "status": "True", "reason": "Error",
+                                     "message": why or f"exit code {failed.code}"}]  # fmt: skip
+        return {"apiVersion": API_VERSION, "kind": "TrainingJob",
+                "metadata": {"name": self.name, "labels": {Label.TRIAL: str(self.number)},
+                             "annotations": {Label.RETRY: str(self.retry)}},
+                "spec": {"suspend": self.stopped}, "status": status}  # fmt: skip
+
+    def _final_metrics(self) -> dict[str, str]:
+        for p in self.processes:  # rank 0's termination log (TrainingJobBackend puts it in the run dir)
+            summary = p.log.with_name(f"{p.name}.summary.json")
+            if summary.exists():
+                return summary_metrics(summary.read_text())
+        try:  # trained by an earlier run: its metadata beside the model
+            meta = json.loads((Path(self.output) / METADATA).read_text())
+        except (OSError, ValueError):
+            return {}
+        return summary_metrics(json.dumps({"metrics": {"eval_loss": meta.get("eval_loss"),
+                                                       "loss": meta.get("final_loss")}}))  # fmt: skip
+
+
+class TuningStudyBackend(LocalBackend[TuningStudy]):
+    kind = "TuningStudy"
+    drives = True
+
+    def __init__(self, study: TuningStudy, runs_root: Path = Path(".lepton/runs")) -> None:
+        spec = study.spec
+        if spec.storage is not None:
+            raise LocalRunError("locally the study's journal is kept under the runs directory: remove spec.storage "
+                                "(a PVC or an RDB secret is cluster storage)")  # fmt: skip
+        if spec.from_study is not None:
+            raise LocalRunError("fromStudy is not supported by leptonctl run yet: use enqueue, or a cluster")
+        if spec.suspend:
+            raise LocalRunError("spec.suspend is true: a suspended TuningStudy runs no trial")
+        template = spec.trial_template.training_job
+        if template.output.uri is None:
+            raise LocalRunError("locally, trialTemplate.trainingJob.output must be a uri (a local directory)")
+        meta = study.metadata.model_copy(update={"uid": study.metadata.uid or "local", "namespace": "local"})
+        super().__init__(study.model_copy(update={"metadata": meta}), runs_root)
+        self.journal = runs_root / f"{study.metadata.name}.study"
+        TrainingJobBackend(trial_job(self.resource, 0, {}), runs_root)  # what a trial cannot do here, in its words
+        self.version: str | None = None
+        if (ref := template.data.dataset_ref) is not None:  # pinned for every trial, as on a cluster
+            _, self.version = published_dataset(runs_root, ref.name, ref.version)
+
+    def processes(self, run_dir: Path) -> list[LocalProcess]:
+        return []  # driven: trials start as the tuner asks for them
+
+    def succeeded(self, run_dir: Path) -> str:
+        return f"study finished; logs in {run_dir}"
+
+    def start_afresh(self) -> list[str]:
+        if self.journal.is_dir():
+            shutil.rmtree(self.journal)
+            return [str(self.journal)]
+        return []
+
+    def drive(self, run_dir: Path, options: RunOptions) -> int:
+        self.journal.mkdir(parents=True, exist_ok=True)
+        tuner = self._tuner(run_dir)
+        echo = options.echo
+        echo(f"run directory: {run_dir}; study journal: {self.journal / JOURNAL_FILE}")
+        runs: dict[str, LocalRun] = {}
+        with sigterm_as_interrupt():
+            try:
+                code = self._loop(tuner, runs, run_dir, options)
+            except KeyboardInterrupt:
+                live = [p for r in runs.values() for p in r.processes]
+                echo(f"interrupted: stopping {len(live)} trial process(es) and the tuner (Ctrl-C again to kill)")
+                stop([*live, tuner], echo)
+                echo("the study is in its journal: run the same command again to continue it")
+                return EXIT_INTERRUPTED
+        stop([tuner], echo)
+        return code
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def _tuner(self, run_dir: Path) -> LocalProcess:
+        port = free_port()
+        config = tuner_config(self.resource).model_copy(update={"host": "127.0.0.1", "port": port,
+                                                                "journal_dir": str(self.journal)})  # fmt: skip
+        proc = LocalProcess("tuner", [sys.executable, "-m", "lepton.workloads.tuner"],
+                            {TUNER_CONFIG_ENV: json.dumps(config.to_wire())}, run_dir / "tuner.log")  # fmt: skip
+        with proc.log.open("wb") as fh:
+            proc.proc = subprocess.Popen(proc.argv, env={**os.environ, **proc.env}, stdout=fh,
+                                         stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc.ready_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + TUNER_START_SECONDS
+        while time.monotonic() < deadline:
+            if proc.proc.poll() is not None:
+                raise LocalRunError(f"the tuner exited with code {proc.code}: "
+                                    f"{error_line(proc.log.read_text(errors='replace')) or proc.log}")  # fmt: skip
+            try:
+                with urllib.request.urlopen(f"{proc.ready_url}/healthz", timeout=1):
+                    return proc
+            except OSError:
+                time.sleep(0.2)
+        signal_all([proc], signal.SIGKILL)
+        raise LocalRunError(f"the tuner did not answer within {TUNER_START_SECONDS:.0f}s; see {proc.log}")
+
+    def _sync(self, tuner: LocalProcess, views: list[RunView], last: SyncReply | None) -> SyncReply:
+        request = sync_request(self.resource, views, datetime.now(UTC), last)
+        body = request.model_dump_json(by_alias=True).encode()
+        http = urllib.request.Request(f"{tuner.ready_url}/v1/sync", data=body, method="POST",
+                                      headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(http, timeout=120) as rsp:
+            return SyncReply.model_validate_json(rsp.read())
+
+    def _loop(self, tuner: LocalProcess, runs: dict[str, LocalRun], run_dir: Path, options: RunOptions) -> int:
+        last: SyncReply | None = None
+        table = ProgressTable(options)
+        while True:
+            if tuner.proc is not None and tuner.proc.poll() is not None:
+                raise LocalRunError(f"the tuner exited with code {tuner.code}; see {tuner.log}")
+            views = [v for r in runs.values() if (v := RunView.of(r.observe())) is not None]
+            reply = self._sync(tuner, views, last)
+            last = reply
+            decision = decide(self.resource, views, TunerView(exists=True, ready=True, reply=reply),
+                              dataset_version=self.version, now=datetime.now(UTC))  # fmt: skip
+            self.resource = self.resource.model_copy(update={"status": decision.status})
+            for body, suspend in decision.suspend:
+                run = runs.get(str(body["metadata"]["name"]))
+                if suspend and run is not None and not run.stopped:
+                    run.stopped = True
+                    signal_all(run.processes, signal.SIGTERM)  # the trainer checkpoints and exits
+            for start in decision.start:
+                run = self._start(start.number, start.parameters, start.retry, run_dir)
+                runs[run.name] = run
+            table.update(reply, runs)
+            if decision.status.phase in TERMINAL_PHASES:
+                for run in runs.values():
+                    stop(run.processes, options.echo)
+                table.finish(decision.status, reply)
+                return 0 if decision.status.phase == Phase.SUCCEEDED else EXIT_FAILED
+            time.sleep(LOOP_SECONDS)
+
+    def _start(self, number: int, parameters: Any, retry: int, run_dir: Path) -> LocalRun:
+        job = trial_job(self.resource, number, parameters, retry=retry, dataset_version=self.version)
+        backend = TrainingJobBackend(job, self.runs_root)
+        output = str(backend.output)
+        if backend.finished() is not None:  # trained by an earlier run of this study that ended before telling
+            return LocalRun(job.metadata.name, number, retry, output, [], done_before=True)
+        trial_dir = run_dir / job.metadata.name
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        processes = backend.processes(trial_dir)
+        for p in processes:
+            with p.log.open("wb") as fh:
+                p.proc = subprocess.Popen(p.argv, env={**os.environ, **p.env}, stdout=fh,
+                                          stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        return LocalRun(job.metadata.name, number, retry, output, processes)
+
+
+class ProgressTable:
+    """One line per trial whenever its state, step or value changes; the whole table at the end."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.echo, self.shown = options.echo, dict[str, str]()
+
+    def update(self, reply: SyncReply, runs: dict[str, LocalRun]) -> None:
+        for trial in reply.trials:
+            run = runs.get(trial_name_of(runs, trial.number))
+            step = ""
+            if run is not None and run.evaluations:
+                evaluation = run.evaluations[-1]
+                step = f"step {evaluation.step}: " + ", ".join(
+                    f"{k} {v}" for k, v in sorted(evaluation.metrics.items())
+                )
+            line = f"trial {trial.number:>3}  {_params(trial.parameters):<40}  {trial.state:<8}  {step}".rstrip()
+            if self.shown.get(str(trial.number)) != line:
+                self.shown[str(trial.number)] = line
+                self.echo(line)
+
+    def finish(self, status: Any, reply: SyncReply) -> None:
+        self.echo(f"study {status.phase}: {status.trials_done} trials done "
+                  f"({_condition_message(status)})")  # fmt: skip
+        self.echo(f"{'trial':>5}  {'parameters':<40}  {'value':>10}  state")
+        for t in sorted(reply.summary.top, key=lambda t: t.number):
+            value = ", ".join(f"{v:.6g}" for v in t.values or [])
+            self.echo(f"{t.number:>5}  {_params(t.parameters):<40}  {value:>10}  {t.state}")
+        best = status.best_trial
+        if best is not None:
+            self.echo(f"best: trial {best.number} = {best.value} with {best.parameters}; model in {best.model}")
+
+
+def trial_name_of(runs: dict[str, LocalRun], number: int) -> str:
+    names = [r.name for r in runs.values() if r.number == number]
+    return max(names, key=lambda n: runs[n].retry) if names else ""
+
+
+def _params(parameters: Any) -> str:
+    return " ".join(f"{k}={parameter_text(v)}" for k, v in sorted(parameters.items()))
+
+
+def _condition_message(status: Any) -> str:
+    for c in status.conditions:
+        if c.type in ("Succeeded", "Failed") and c.status == "True":
+            return str(c.message)
+    return str(status.phase)
+
+
+__all__ = ["ProgressReport", "TuningStudyBackend", "trial_name"]
