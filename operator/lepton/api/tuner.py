@@ -4,6 +4,9 @@
 The tuner reads one TunerConfig (JSON in $LEPTON_TUNER_CONFIG) and serves HTTP on TUNER_PORT:
 - `POST /v1/sync` (SyncRequest -> SyncReply), guarded by the study's bearer token when one is set;
 - `GET /healthz` (200 once the storage is open) and `GET /metrics` (Prometheus), open.
+With `dashboard` on (the default) it also serves optuna-dashboard, read-only, on 127.0.0.1:DASHBOARD_PORT:
+the pod's loopback only, so it is reachable through `kubectl port-forward` (`leptonctl tune dashboard`)
+and from nothing else on the pod network.
 
 One sync does everything, and is idempotent, so a caller that crashes and repeats it loses nothing
 and duplicates nothing:
@@ -31,6 +34,7 @@ from lepton.api.tuningstudy import Objective, Parameter, Pruner, Sampler
 
 TUNER_CONFIG_ENV = "LEPTON_TUNER_CONFIG"
 TUNER_PORT = 8080
+DASHBOARD_PORT = 8081  # optuna-dashboard, on the tuner pod's loopback only
 STORAGE_URL_ENV = "LEPTON_TUNER_STORAGE_URL"  # set from the storage secret's key, never in the config
 JOURNAL_FILE = "journal.log"  # the journal's file name inside its directory
 
@@ -58,6 +62,10 @@ class TunerConfig(ApiModel):
     warm_start: list[WarmTrial] = Field(default_factory=list, description="Finished trials to add first.")
     host: str = Field(default="0.0.0.0", description="Address to bind.")
     port: int = Field(default=TUNER_PORT, ge=0, le=65535, description="HTTP port (0: any free port).")
+    dashboard: bool = Field(default=True, description="Serve optuna-dashboard (read-only) on 127.0.0.1 only.")
+    dashboard_port: int = Field(
+        default=DASHBOARD_PORT, ge=0, le=65535, description="The dashboard's port on 127.0.0.1 (0: any free port)."
+    )
 
 
 def optuna_study_name(study: str, uid: str) -> str:

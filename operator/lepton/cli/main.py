@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lepton import __version__
-from lepton.cli import crds, manifests
+from lepton.cli import crds, manifests, tune
 from lepton.cli.devcluster import DevCluster, DevClusterError
 
 
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_dev_status)
     for q in (dev, *dev_sub.choices.values()):
         q.add_argument("--name", default="lepton", help="cluster name (default lepton)")
+
+    tune.add_parser(sub)
 
     p = sub.add_parser("operator", help="run the operator against the cluster in KUBECONFIG / in-cluster")
     p.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")

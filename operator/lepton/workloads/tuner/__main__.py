@@ -46,6 +46,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
 
     import optuna  # slow to import: only once the configuration is valid
 
+    from lepton.workloads.tuner.dashboard import start_in_tuner
     from lepton.workloads.tuner.metrics import TunerMetrics
     from lepton.workloads.tuner.server import TunerServer
     from lepton.workloads.tuner.service import StudyService
@@ -56,7 +57,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     url = env.get(STORAGE_URL_ENV) if config.storage == "rdb" else None
     where = f"rdb ${STORAGE_URL_ENV}" if config.storage == "rdb" else f"journal {config.journal_dir}"
     try:
-        study = open_study(config, open_storage(config, env))
+        study = open_study(config, storage := open_storage(config, env))
         warm, queued = seed(study, config)
         metrics = TunerMetrics()
         service = StudyService(study, config, metrics)
@@ -74,6 +75,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     if warm or queued:
         log.info("warm start: %d finished trial(s) added, %d parameter set(s) enqueued", warm, queued)
     server.start()
+    dashboard = start_in_tuner(storage, config.dashboard_port) if config.dashboard else None  # the same storage
     log.info(
         "study %s (%s, %s sampler, %s pruner) in %s: %d trials, %d running; serving on http://%s:%d",
         study.study_name, ", ".join(o.direction for o in config.objectives), config.sampler.type,
@@ -82,6 +84,8 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     while not stop.wait(1.0):
         pass
     server.stop()
+    if dashboard is not None:
+        dashboard.stop()
     log.info("stopped")
     return 0
 
