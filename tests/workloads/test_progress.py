@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from lepton.api.contract import ProgressReport
+from lepton.api.contract import MAX_EVALUATIONS, ProgressReport
 from lepton.api.tokens import PROGRESS_TOKEN_ENV, authorized, bearer, progress_token
 from lepton.controller.progress import fetch_progress
 from lepton.local.trainingjob import free_port
@@ -37,6 +37,27 @@ def test_trainer_progress_is_read_by_the_operator() -> None:
     finally:
         progress.close()
     assert asyncio.run(fetch_progress(f"http://127.0.0.1:{free_port()}/progress", timeout=0.5)) is None
+
+
+def test_progress_keeps_the_latest_evaluations_for_a_slow_reader() -> None:
+    port = free_port()
+    progress = Progress(total_steps=200, rank=0)
+    progress.serve(port, host="127.0.0.1")
+    try:
+        for step in range(5, 130, 5):  # 25 evaluations
+            progress.evaluated(step, {"eval_loss": 10.0 / step, "loss": 20.0 / step, "eval_accuracy": None})
+        progress.evaluated(125, {"eval_loss": 0.5, "loss": float("nan")})  # the same step again: replaced
+        progress.evaluated(130, {"eval_loss": float("inf"), "loss": None})  # nothing finite: not an evaluation
+        report = asyncio.run(fetch_progress(f"http://127.0.0.1:{port}/progress"))
+        assert report is not None
+        parsed = ProgressReport.parse(report)
+        assert len(parsed.evaluations) == MAX_EVALUATIONS == 20
+        at = parsed.metrics_at()
+        assert sorted(at) == list(range(30, 126, 5))  # the last 20, oldest first dropped
+        assert at[30] == {"eval_loss": 10.0 / 30, "loss": 20.0 / 30} and at[125] == {"eval_loss": 0.5}
+        assert [e["step"] for e in report["evaluations"]] == sorted(at)  # newest last on the wire
+    finally:
+        progress.close()
 
 
 def _get(url: str, token: str | None = None) -> int:

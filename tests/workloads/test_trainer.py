@@ -1,15 +1,23 @@
 """The trainer under a real 2-process torchrun (gloo on CPU): it learns, it resumes exactly, it exports
-a model that loads and generates, and it fails clearly on bad input."""
+a model that loads and generates, it reports every evaluation and its final metrics (what a
+TuningStudy's pruner and result read), and it fails clearly on bad input."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import socket
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from lepton.api.contract import TrainingSummary
 from tests.workloads.conftest import finish, losses, torchrun, trainer_config, wait_for
 
 STRATEGIES = pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -42,19 +50,115 @@ def test_resume_after_sigterm_replays_the_uninterrupted_loss_curve(
 ) -> None:
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert finish(torchrun(trainer_config(tiny_model, whole) | {"strategy": strategy}, whole), whole) == 0
-    proc = torchrun(trainer_config(tiny_model, broken) | {"strategy": strategy}, broken)
+    summary = broken / "termination-log"
+    config = trainer_config(tiny_model, broken) | {"strategy": strategy, "terminationLog": str(summary)}
+    proc = torchrun(config, broken)
     wait_for((broken / "ckpt" / "step-00000010").exists, 120, "the step-10 checkpoint")
-    os.killpg(proc.pid, signal.SIGTERM)  # as Kubernetes does when it deletes the pod
+    os.killpg(proc.pid, signal.SIGTERM)  # as Kubernetes does when it deletes the pod (or a study prunes)
     assert finish(proc, broken) != 0
     stopped_at = max(losses(broken))
     assert stopped_at < 40, "the run should have been interrupted"
-    assert finish(torchrun(trainer_config(tiny_model, broken) | {"strategy": strategy}, broken), broken) == 0
+    log = (broken / "torchrun.log").read_text()
+    assert f"stopped on SIGTERM after checkpointing step {stopped_at}" in log  # EXIT_PREEMPTED, checkpoint kept
+    assert (broken / "ckpt" / f"step-{stopped_at:08d}").is_dir()
+    assert not summary.exists(), "a stopped run has no final metrics"
+    assert finish(torchrun(config, broken), broken) == 0
     log = (broken / "torchrun.log").read_text()
     assert "resumed from step-" in log
+    assert TrainingSummary.model_validate_json(summary.read_text()).step == 40
     replay, reference = losses(broken), losses(whole)
     assert sorted(replay) == list(range(1, 41))
     for step in range(1, 41):
         assert replay[step] == pytest.approx(reference[step], abs=1e-6), f"step {step} differs after resume"
+
+
+def _port_pair() -> int:
+    """A port p with p + 1 free too: rank r serves on metricsPort + LOCAL_RANK."""
+    while True:
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return int(port)
+
+
+def _progress(host: str, port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/progress", timeout=2) as rsp:
+            doc: dict[str, Any] = json.loads(rsp.read())
+            return doc
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def test_progress_keeps_every_evaluation_and_the_termination_log_holds_the_summary(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    run, port = tmp_path / "run", _port_pair()
+    config = trainer_config(tiny_model, run, evalEverySteps=5) | {
+        "metricsPort": port, "metricsHost": "127.0.0.1", "terminationLog": str(run / "termination-log")}  # fmt: skip
+    proc = torchrun(config, run)
+    wait_for(lambda: _progress("127.0.0.1", port) is not None or proc.poll() is not None, 120, "rank 0's /progress")
+    assert _progress("127.0.0.2", port) is None, "bound on metricsHost only"  # another loopback address
+    polls: list[dict[str, Any]] = []
+    while proc.poll() is None:  # a slow scraper: several evaluations happen between two reads
+        if (doc := _progress("127.0.0.1", port)) is not None and doc.get("evaluations"):
+            polls.append(doc)
+        time.sleep(1.0)
+    assert finish(proc, run) == 0, (run / "torchrun.log").read_text()[-3000:]
+    assert polls, "no read of /progress saw an evaluation"
+    curve = losses(run)
+    for doc in polls:  # each read holds every evaluation so far: none falls between two reads
+        steps = [e["step"] for e in doc["evaluations"]]
+        assert steps == list(range(5, steps[-1] + 1, 5)) and steps[-1] <= doc["step"], doc
+        for e in doc["evaluations"]:
+            assert set(e["metrics"]) == {"eval_loss", "loss"} and math.isfinite(e["metrics"]["eval_loss"])
+            assert e["metrics"]["loss"] == pytest.approx(curve[e["step"]], abs=1e-9)  # rank 0's loss at that step
+    seen = {e["step"]: e["metrics"] for doc in polls for e in doc["evaluations"]}
+    assert len(seen) >= 3 and seen[max(seen)]["eval_loss"] < seen[5]["eval_loss"], seen
+
+    text = (run / "termination-log").read_text()
+    summary = TrainingSummary.model_validate_json(text)
+    meta = json.loads((run / "out" / "lepton-training.json").read_text())
+    assert len(text.encode()) <= 4096 and summary.step == 40 and summary.model == str(run / "out")
+    assert summary.metrics == {"eval_loss": meta["eval_loss"], "loss": meta["final_loss"]}
+    assert summary.metrics["loss"] == pytest.approx(curve[40], abs=1e-9)
+    if 40 in seen:  # the last evaluation is the final one, not made twice
+        assert seen[40]["eval_loss"] == summary.metrics["eval_loss"]
+
+
+def test_sequence_classification_reports_its_accuracy(tiny_model: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = trainer_config(tiny_model, run, maxSteps=10, evalEverySteps=5) | {
+        "task": "sequence-classification", "numLabels": 2, "terminationLog": str(run / "termination-log")}  # fmt: skip
+    assert finish(torchrun(config, run), run) == 0, (run / "torchrun.log").read_text()[-3000:]
+    summary = TrainingSummary.model_validate_json((run / "termination-log").read_text())
+    assert set(summary.metrics) == {"eval_loss", "eval_accuracy", "loss"}
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lepton.api.contract import TrainerData
+    from lepton.workloads.trainer.data import epoch_order, read_rows
+
+    # The validation split as the trainer draws it, scored one row at a time by the exported model.
+    rows = read_rows(TrainerData.model_validate(config["data"]))
+    held_out = [rows[i] for i in epoch_order(len(rows), 1, -1)[: int(len(rows) * 0.1)]]
+    model = AutoModelForSequenceClassification.from_pretrained(run / "out").eval()
+    tok = AutoTokenizer.from_pretrained(run / "out")
+    right, loss = 0, 0.0
+    with torch.no_grad():
+        for row in held_out:
+            ids = tok(row["text"], truncation=True, max_length=48, return_tensors="pt")
+            out = model(**ids, labels=torch.tensor([row["label"]]))
+            right += int(out.logits.argmax(-1).item() == row["label"])
+            loss += float(out.loss)
+    # Batched with padding there, one row here: the same up to float noise (a near tie may flip one row).
+    assert summary.metrics["eval_accuracy"] == pytest.approx(right / len(held_out), abs=1.01 / len(held_out))
+    assert summary.metrics["eval_loss"] == pytest.approx(loss / len(held_out), rel=1e-4)
 
 
 def test_runs_without_a_validation_split(tiny_model: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ run has no token and serves both openly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -62,7 +63,7 @@ class Progress:
     def evaluated(self, step: int, metrics: dict[str, float | None]) -> None:
         """Record one evaluation: /progress keeps the last MAX_EVALUATIONS, so a reader polling every few
         seconds (the operator, for a TuningStudy's pruner) misses none of them."""
-        kept = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        kept = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
         if not kept:
             return
         history = [e for e in self.state.get("evaluations", []) if e["step"] != step]

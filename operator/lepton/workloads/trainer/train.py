@@ -38,6 +38,7 @@ from lepton.workloads.trainer.progress import Progress
 
 STOP_CHECK_STEPS = 10
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped on request, after a checkpoint
+TERMINATION_LOG_BYTES = 4096  # what Kubernetes keeps of a termination message
 
 
 class Stop:
@@ -192,12 +193,15 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 def _evaluate(
     par: Parallel, data: Packed, cfg: TrainerConfig, *, rank: int, world: int, device: torch.device
-) -> float | None:
+) -> dict[str, float]:
+    """The validation split's mean loss (`eval_loss`) and, for sequence classification, its accuracy
+    (`eval_accuracy`: the logits are there already); {} without a validation split. One collective."""
     if not len(data):
-        return None
+        return {}
     model = par.model
     model.eval()
-    total, count = torch.zeros(1, device=device), torch.zeros(1, device=device)
+    classify = cfg.task == "sequence-classification"
+    sums = torch.zeros(3, device=device)  # loss x rows, rows, rows predicted right
     batch = cfg.hyperparameters.batch_size
     mine = list(range(rank, len(data), world))
     most = math.ceil(math.ceil(len(data) / world) / batch)
@@ -205,13 +209,20 @@ def _evaluate(
         for b in range(par.eval_forward_count(math.ceil(len(mine) / batch), most)):
             items = mine[b * batch : (b + 1) * batch]
             # A rank with no batch left still runs a forward (FSDP's all-gathers are collective); it counts 0.
-            loss = model(**_to(data.batch(items or [0]), device)).loss.detach().float()
-            total += loss * len(items)
-            count += len(items)
-    dist.all_reduce(total)
-    dist.all_reduce(count)
+            inputs = _to(data.batch(items or [0]), device)
+            output = model(**inputs)
+            if items:
+                sums[0] += output.loss.detach().float() * len(items)
+                sums[1] += len(items)
+                if classify:
+                    sums[2] += (output.logits.argmax(-1) == inputs["labels"]).sum()
+    dist.all_reduce(sums)
     model.train()
-    return float(total.item() / max(count.item(), 1))
+    rows = max(float(sums[1].item()), 1.0)
+    metrics = {"eval_loss": float(sums[0].item()) / rows}
+    if classify:
+        metrics["eval_accuracy"] = float(sums[2].item()) / rows
+    return metrics
 
 
 def _model_kept(cfg: TrainerConfig, out: Path, step: int, *, rank: int, device: torch.device) -> bool:
@@ -231,13 +242,17 @@ def _model_kept(cfg: TrainerConfig, out: Path, step: int, *, rank: int, device: 
 
 def _write_summary(cfg: TrainerConfig, step: int, metrics: dict[str, float | None], out: Path) -> None:
     """Rank 0's TrainingSummary in its termination log: the final metrics reach the TrainingJob's status
-    (and a TuningStudy's trial result) through the pod's status, with no API access."""
+    (and a TuningStudy's trial result) through the pod's status, with no API access. Kubernetes keeps
+    4 KiB of it: a model path too long for that is left out rather than the JSON cut."""
     if not cfg.termination_log:
         return
     kept = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
     summary = TrainingSummary(step=step, metrics=kept, model=str(out))
+    text = json.dumps(summary.to_wire(), sort_keys=True)
+    if len(text.encode()) > TERMINATION_LOG_BYTES:
+        text = json.dumps(summary.model_copy(update={"model": None}).to_wire(), sort_keys=True)
     try:
-        Path(cfg.termination_log).write_text(json.dumps(summary.to_wire(), sort_keys=True)[:4096])
+        Path(cfg.termination_log).write_text(text)
     except OSError as exc:  # no termination log to write (not in a pod): the model is what matters
         log(0, f"could not write the termination log {cfg.termination_log}: {exc}")
 
@@ -300,7 +315,9 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     history_file = (out / "train_log.jsonl").open("a") if rank == 0 else None
-    started, eval_loss, ckpt_seconds = time.monotonic(), None, 0.0
+    started, ckpt_seconds = time.monotonic(), 0.0
+    evaluation: dict[str, float] = {}  # the latest evaluation's metrics
+    evaluated_at = -1  # the step it was made at
     model.train()
     order_epoch, order = -1, []
     while step < total:
@@ -338,11 +355,11 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
             dist.all_reduce(flags)
             preempted = bool(flags.item() > 0)
         if hp.eval_every_steps and step % hp.eval_every_steps == 0:
-            eval_loss = _evaluate(par, evals, cfg, rank=rank, world=world, device=device)
-            progress.evaluated(step, {"eval_loss": eval_loss, "loss": loss_value})
+            evaluation, evaluated_at = _evaluate(par, evals, cfg, rank=rank, world=world, device=device), step
+            progress.evaluated(step, {**evaluation, "loss": loss_value})  # the training loss at that step too
         rate = per_step * (step - progress.state["startStep"]) / max(time.monotonic() - started, 1e-9)
         progress.update(step=step, epoch=epoch + position / len(train), loss=loss_value, samplesPerSecond=rate,
-                        evalLoss=eval_loss)  # fmt: skip
+                        evalLoss=evaluation.get("eval_loss"))  # fmt: skip
         if history_file is not None:
             history_file.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
             history_file.flush()
@@ -371,7 +388,10 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         dist.destroy_process_group()
         return 0
     trained = per_step * (step - int(progress.state["startStep"]))
-    eval_loss = _evaluate(par, evals, cfg, rank=rank, world=world, device=device)
+    if evaluated_at != step:  # the last step's evaluation, unless the loop just made it
+        evaluation = _evaluate(par, evals, cfg, rank=rank, world=world, device=device)
+        progress.evaluated(step, {**evaluation, "loss": loss_value})
+    eval_loss = evaluation.get("eval_loss")
     weights = par.full_state_dict()
     if rank == 0:
         final = _unsharded(cfg, model, weights) if weights is not None else model
@@ -379,13 +399,14 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         tokenizer.save_pretrained(out)
         quantized = export_int8(final, out) if cfg.quantization == "dynamic-int8" else None
         meta = {"job": cfg.job, "task": cfg.task, "steps": step, "total_steps": total, "world_size": world,
-                "final_loss": loss_value, "eval_loss": eval_loss, "train_rows": len(train), "data": cfg.data.to_wire(),
+                "final_loss": loss_value, "eval_loss": eval_loss, "eval_accuracy": evaluation.get("eval_accuracy"),
+                "train_rows": len(train), "data": cfg.data.to_wire(),
                 "hyperparameters": hp.to_wire(), "source_model": cfg.model_path,
                 "distillation": cfg.distillation.to_wire() if cfg.distillation else None,
                 "int8_layers": quantized, "train_seconds": train_seconds, "checkpoint_seconds": ckpt_seconds,
                 "samples_per_second": trained / max(train_seconds, 1e-9)}  # fmt: skip
         (out / "lepton-training.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        _write_summary(cfg, step, {"eval_loss": eval_loss, "loss": loss_value}, out)
+        _write_summary(cfg, step, {**evaluation, "loss": loss_value}, out)
         log(rank, f"done: {step} steps, loss {'n/a' if loss_value is None else f'{loss_value:.4f}'}, model in {out}")
     dist.barrier()
     progress.close()
