@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from lepton.api.constants import TERMINAL_PHASES, Label, Phase
 from lepton.api.contract import ProgressReport
 from lepton.api.kinds import API_VERSION, TuningStudy
 from lepton.api.trials import parameter_text
-from lepton.api.tuner import JOURNAL_FILE, TUNER_CONFIG_ENV, SyncReply
+from lepton.api.tuner import JOURNAL_FILE, TUNER_CONFIG_ENV, SyncReply, SyncRequest, TrialInfo, TrialResult
 from lepton.api.tuningstudy import trial_name
 from lepton.local.backend import (
     EXIT_FAILED,
@@ -49,10 +50,11 @@ from lepton.local.trainingjob import METADATA, TrainingJobBackend
 from lepton.render.trials import trial_job
 from lepton.render.tuningstudy import tuner_config
 from lepton.status.progress import evaluations_from, summary_metrics
-from lepton.status.tuningstudy import RunView, TunerView, decide, sync_request
+from lepton.status.tuningstudy import RunView, TunerView, current_runs, decide, ending, sync_request
 
 LOOP_SECONDS = 1.0
 TUNER_START_SECONDS = 60.0
+SYNC_SECONDS = 120.0  # a sampler may take a while (GP, CMA-ES at many trials)
 
 
 @dataclass
@@ -92,14 +94,18 @@ class LocalRun:
             self.metrics = self._final_metrics()
         status["metrics"] = self.metrics
         if phase == Phase.FAILED:
-            failed = next((p for p in self.processes if p.code not in (0, None)), self.processes[0])
-            why = error_line(failed.log.read_text(errors="replace")) if failed.log.exists() else None
             status["conditions"] = [{"type": "Failed", "status": "True", "reason": "Error",
-                                     "message": why or f"exit code {failed.code}"}]  # fmt: skip
+                                     "message": self.failure()}]  # fmt: skip
         return {"apiVersion": API_VERSION, "kind": "TrainingJob",
                 "metadata": {"name": self.name, "labels": {Label.TRIAL: str(self.number)},
                              "annotations": {Label.RETRY: str(self.retry)}},
                 "spec": {"suspend": self.stopped}, "status": status}  # fmt: skip
+
+    def failure(self) -> str:
+        """Why the run failed: the first failed process's error line (or its exit code), and its log."""
+        failed = next((p for p in self.processes if p.code not in (0, None)), self.processes[0])
+        why = error_line(failed.log.read_text(errors="replace")) if failed.log.exists() else None
+        return f"{why or f'exit code {failed.code}'} (log: {failed.log})"
 
     def _final_metrics(self) -> dict[str, str]:
         for p in self.processes:  # rank 0's termination log (TrainingJobBackend puts it in the run dir)
@@ -110,8 +116,9 @@ class LocalRun:
             meta = json.loads((Path(self.output) / METADATA).read_text())
         except (OSError, ValueError):
             return {}
-        return summary_metrics(json.dumps({"metrics": {"eval_loss": meta.get("eval_loss"),
-                                                       "loss": meta.get("final_loss")}}))  # fmt: skip
+        metrics = {"eval_loss": meta.get("eval_loss"), "eval_accuracy": meta.get("eval_accuracy"),
+                   "loss": meta.get("final_loss")}  # fmt: skip
+        return summary_metrics(json.dumps({"metrics": metrics}))
 
 
 class TuningStudyBackend(LocalBackend[TuningStudy]):
@@ -145,26 +152,43 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
         return f"study finished; logs in {run_dir}"
 
     def start_afresh(self) -> list[str]:
+        """The journal, and every trial's checkpoints and training record (the same trial numbers come
+        again, with new parameters: none may resume, or pass for trained, from the old study's)."""
+        removed = []
         if self.journal.is_dir():
             shutil.rmtree(self.journal)
-            return [str(self.journal)]
-        return []
+            removed.append(str(self.journal))
+        prefix = f"{self.resource.metadata.name}-"
+        root = Path(str(self.resource.spec.trial_template.training_job.output.uri))
+        for trial in sorted(root.glob(f"{prefix}*")) if root.is_dir() else []:
+            if trial.is_dir() and trial.name.removeprefix(prefix).isdigit():
+                job = trial_job(self.resource, int(trial.name.removeprefix(prefix)), {})
+                removed += TrainingJobBackend(job, self.runs_root).start_afresh()
+        return removed
 
     def drive(self, run_dir: Path, options: RunOptions) -> int:
         self.journal.mkdir(parents=True, exist_ok=True)
-        tuner = self._tuner(run_dir)
         echo = options.echo
-        echo(f"run directory: {run_dir}; study journal: {self.journal / JOURNAL_FILE}")
+        tuner = self._tuner(run_dir)
         runs: dict[str, LocalRun] = {}
+
+        def everything() -> list[LocalProcess]:
+            return [*(p for r in runs.values() for p in r.processes), tuner]
+
         with sigterm_as_interrupt():
             try:
+                self._start_tuner(tuner)
+                echo(f"run directory: {run_dir}; study journal: {self.journal / JOURNAL_FILE}")
                 code = self._loop(tuner, runs, run_dir, options)
             except KeyboardInterrupt:
-                live = [p for r in runs.values() for p in r.processes]
-                echo(f"interrupted: stopping {len(live)} trial process(es) and the tuner (Ctrl-C again to kill)")
-                stop([*live, tuner], echo)
+                echo(f"interrupted: stopping {len(everything()) - 1} trial process(es) and the tuner "
+                     "(Ctrl-C again to kill)")  # fmt: skip
+                stop(everything(), echo)
                 echo("the study is in its journal: run the same command again to continue it")
                 return EXIT_INTERRUPTED
+            except BaseException:  # the tuner failed, or this loop did: nothing keeps running after leptonctl
+                stop(everything(), echo)
+                raise
         stop([tuner], echo)
         return code
 
@@ -175,10 +199,13 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
                                                                 "journal_dir": str(self.journal)})  # fmt: skip
         proc = LocalProcess("tuner", [sys.executable, "-m", "lepton.workloads.tuner"],
                             {TUNER_CONFIG_ENV: json.dumps(config.to_wire())}, run_dir / "tuner.log")  # fmt: skip
+        proc.ready_url = f"http://127.0.0.1:{port}"
+        return proc
+
+    def _start_tuner(self, proc: LocalProcess) -> None:
         with proc.log.open("wb") as fh:
             proc.proc = subprocess.Popen(proc.argv, env={**os.environ, **proc.env}, stdout=fh,
                                          stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        proc.ready_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + TUNER_START_SECONDS
         while time.monotonic() < deadline:
             if proc.proc.poll() is not None:
@@ -186,19 +213,26 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
                                     f"{error_line(proc.log.read_text(errors='replace')) or proc.log}")  # fmt: skip
             try:
                 with urllib.request.urlopen(f"{proc.ready_url}/healthz", timeout=1):
-                    return proc
+                    return
             except OSError:
                 time.sleep(0.2)
         signal_all([proc], signal.SIGKILL)
         raise LocalRunError(f"the tuner did not answer within {TUNER_START_SECONDS:.0f}s; see {proc.log}")
 
     def _sync(self, tuner: LocalProcess, views: list[RunView], last: SyncReply | None) -> SyncReply:
-        request = sync_request(self.resource, views, datetime.now(UTC), last)
+        now = datetime.now(UTC)
+        request = _unstarted_told(self.resource, sync_request(self.resource, views, now, last), views, last, now)
         body = request.model_dump_json(by_alias=True).encode()
         http = urllib.request.Request(f"{tuner.ready_url}/v1/sync", data=body, method="POST",
                                       headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(http, timeout=120) as rsp:
-            return SyncReply.model_validate_json(rsp.read())
+        try:
+            with urllib.request.urlopen(http, timeout=SYNC_SECONDS) as rsp:
+                return SyncReply.model_validate_json(rsp.read())
+        except urllib.error.HTTPError as exc:
+            why = " ".join(exc.read().decode(errors="replace").split())[:300]
+            raise LocalRunError(f"the tuner refused the sync ({exc.code}): {why}; see {tuner.log}") from None
+        except OSError as exc:
+            raise LocalRunError(f"the tuner did not answer the sync ({exc}); see {tuner.log}") from None
 
     def _loop(self, tuner: LocalProcess, runs: dict[str, LocalRun], run_dir: Path, options: RunOptions) -> int:
         last: SyncReply | None = None
@@ -232,8 +266,10 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
         job = trial_job(self.resource, number, parameters, retry=retry, dataset_version=self.version)
         backend = TrainingJobBackend(job, self.runs_root)
         output = str(backend.output)
-        if backend.finished() is not None:  # trained by an earlier run of this study that ended before telling
-            return LocalRun(job.metadata.name, number, retry, output, [], done_before=True)
+        if backend.finished() is not None:
+            if _trained_as(backend):  # by an earlier run of this study that ended before telling the tuner
+                return LocalRun(job.metadata.name, number, retry, output, [], done_before=True)
+            backend.start_afresh()  # trained, but not as this trial: the template changed since
         trial_dir = run_dir / job.metadata.name
         trial_dir.mkdir(parents=True, exist_ok=True)
         processes = backend.processes(trial_dir)
@@ -245,35 +281,81 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
 
 
 class ProgressTable:
-    """One line per trial whenever its state, step or value changes; the whole table at the end."""
+    """A line per trial whenever its state or latest evaluation changes (and, once, why its training
+    failed); at the end every trial this run saw with its value and state (the step a pruned one reached),
+    then the best."""
 
     def __init__(self, options: RunOptions) -> None:
-        self.echo, self.shown = options.echo, dict[str, str]()
+        self.echo = options.echo
+        self.lines: dict[int, str] = {}
+        self.failures: set[str] = set()
+        self.trials: dict[int, TrialInfo] = {}
 
     def update(self, reply: SyncReply, runs: dict[str, LocalRun]) -> None:
         for trial in reply.trials:
+            self.trials[trial.number] = trial
             run = runs.get(trial_name_of(runs, trial.number))
             step = ""
-            if run is not None and run.evaluations:
+            if trial.values:
+                step = "value " + ", ".join(f"{v:.6g}" for v in trial.values)
+            elif run is not None and run.evaluations:
                 evaluation = run.evaluations[-1]
                 step = f"step {evaluation.step}: " + ", ".join(
                     f"{k} {v}" for k, v in sorted(evaluation.metrics.items())
                 )
             line = f"trial {trial.number:>3}  {_params(trial.parameters):<40}  {trial.state:<8}  {step}".rstrip()
-            if self.shown.get(str(trial.number)) != line:
-                self.shown[str(trial.number)] = line
+            if self.lines.get(trial.number) != line:
+                self.lines[trial.number] = line
                 self.echo(line)
+            if run is not None and run.processes and run.phase() == Phase.FAILED and run.name not in self.failures:
+                self.failures.add(run.name)
+                self.echo(f"trial {trial.number:>3}  failed: {run.failure()}")
 
     def finish(self, status: Any, reply: SyncReply) -> None:
-        self.echo(f"study {status.phase}: {status.trials_done} trials done "
-                  f"({_condition_message(status)})")  # fmt: skip
-        self.echo(f"{'trial':>5}  {'parameters':<40}  {'value':>10}  state")
-        for t in sorted(reply.summary.top, key=lambda t: t.number):
+        for top in reply.summary.top:  # a finished study run again sees no trial but its best ones
+            self.trials.setdefault(top.number, top)
+        self.echo(f"study {status.phase}: {status.trials_done} trials done ({_condition_message(status)})")
+        width = max([len("parameters"), *(len(_params(t.parameters)) for t in self.trials.values())])
+        self.echo(f"{'trial':>5}  {'parameters':<{width}}  {'value':>10}  state")
+        for t in sorted(self.trials.values(), key=lambda t: t.number):
             value = ", ".join(f"{v:.6g}" for v in t.values or [])
-            self.echo(f"{t.number:>5}  {_params(t.parameters):<40}  {value:>10}  {t.state}")
+            at = f" at step {t.last_step}" if t.state != "complete" and t.last_step is not None else ""
+            self.echo(f"{t.number:>5}  {_params(t.parameters):<{width}}  {value:>10}  {t.state}{at}")
         best = status.best_trial
         if best is not None:
             self.echo(f"best: trial {best.number} = {best.value} with {best.parameters}; model in {best.model}")
+
+
+def _unstarted_told(study: TuningStudy, request: SyncRequest, runs: list[RunView], last: SyncReply | None,
+                    now: datetime) -> SyncRequest:  # fmt: skip
+    """An ending study also tells `pruned` the trials the tuner asked for in the sync that ended it (a
+    result told, then an ask, in one sync: the goal, or one failure too many): they never get a run, and
+    left running in the tuner the study would never end. (sync_request tells only trials with a run.)"""
+    stop = ending(study, last.summary, now) if last is not None else None
+    if stop is None or last is None:
+        return request
+    latest, told = current_runs(runs).keys(), {r.number for r in request.results}
+    unstarted = [t.number for t in last.trials if t.state == "running" and t.number not in latest | told]
+    why = f"study ending: {stop.message}"[:1024]
+    extra = [TrialResult(number=number, state="pruned", message=why) for number in unstarted]
+    if not extra:
+        return request
+    known = sorted({*request.known, *unstarted})  # so that the reply says how they ended
+    return request.model_copy(update={"results": [*request.results, *extra], "known": known})
+
+
+def _trained_as(backend: TrainingJobBackend) -> bool:
+    """Whether the model in the trial's output was trained with this trial's settings."""
+    try:
+        meta = json.loads((backend.output / METADATA).read_text())
+    except (OSError, ValueError):
+        return False
+    config = backend.config
+    return isinstance(meta, dict) and (meta.get("hyperparameters"), meta.get("data"), meta.get("source_model")) == (
+        config.hyperparameters.to_wire(),
+        config.data.to_wire(),
+        config.model_path,
+    )
 
 
 def trial_name_of(runs: dict[str, LocalRun], number: int) -> str:
