@@ -127,6 +127,12 @@ def test_an_ending_study_stops_its_running_trials_as_pruned() -> None:
     assert request.parallelism == 0
     assert [(r.number, r.state) for r in request.results] == [(3, "pruned")]
     assert "goal" in request.results[0].message
+    # A trial asked in the very sync that reached the goal has no run yet: it is told too, or it would
+    # stay running in the tuner and the study would never end.
+    late = reply(trial(0, "complete", 0.4), trial(1, "complete", 0.5), trial(2, "complete", 0.6), trial(3), trial(4))
+    request = sync_request(study(RUNNING, goal=0.45), [run(3)], NOW, late)
+    assert [(r.number, r.state) for r in request.results] == [(3, "pruned"), (4, "pruned")]
+    assert request.known == [3, 4]
 
 
 # --- decisions --------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from lepton.api.constants import TERMINAL_PHASES, Label, Phase
 from lepton.api.contract import ProgressReport
 from lepton.api.kinds import API_VERSION, TuningStudy
 from lepton.api.trials import parameter_text
-from lepton.api.tuner import JOURNAL_FILE, TUNER_CONFIG_ENV, SyncReply, SyncRequest, TrialInfo, TrialResult
+from lepton.api.tuner import JOURNAL_FILE, TUNER_CONFIG_ENV, SyncReply, TrialInfo
 from lepton.api.tuningstudy import trial_name
 from lepton.local.backend import (
     EXIT_FAILED,
@@ -50,7 +50,7 @@ from lepton.local.trainingjob import METADATA, TrainingJobBackend
 from lepton.render.trials import trial_job
 from lepton.render.tuningstudy import tuner_config
 from lepton.status.progress import evaluations_from, summary_metrics
-from lepton.status.tuningstudy import RunView, TunerView, current_runs, decide, ending, sync_request
+from lepton.status.tuningstudy import RunView, TunerView, decide, sync_request
 
 LOOP_SECONDS = 1.0
 TUNER_START_SECONDS = 60.0
@@ -221,7 +221,7 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
 
     def _sync(self, tuner: LocalProcess, views: list[RunView], last: SyncReply | None) -> SyncReply:
         now = datetime.now(UTC)
-        request = _unstarted_told(self.resource, sync_request(self.resource, views, now, last), views, last, now)
+        request = sync_request(self.resource, views, now, last)
         body = request.model_dump_json(by_alias=True).encode()
         http = urllib.request.Request(f"{tuner.ready_url}/v1/sync", data=body, method="POST",
                                       headers={"Content-Type": "application/json"})  # fmt: skip
@@ -324,24 +324,6 @@ class ProgressTable:
         best = status.best_trial
         if best is not None:
             self.echo(f"best: trial {best.number} = {best.value} with {best.parameters}; model in {best.model}")
-
-
-def _unstarted_told(study: TuningStudy, request: SyncRequest, runs: list[RunView], last: SyncReply | None,
-                    now: datetime) -> SyncRequest:  # fmt: skip
-    """An ending study also tells `pruned` the trials the tuner asked for in the sync that ended it (a
-    result told, then an ask, in one sync: the goal, or one failure too many): they never get a run, and
-    left running in the tuner the study would never end. (sync_request tells only trials with a run.)"""
-    stop = ending(study, last.summary, now) if last is not None else None
-    if stop is None or last is None:
-        return request
-    latest, told = current_runs(runs).keys(), {r.number for r in request.results}
-    unstarted = [t.number for t in last.trials if t.state == "running" and t.number not in latest | told]
-    why = f"study ending: {stop.message}"[:1024]
-    extra = [TrialResult(number=number, state="pruned", message=why) for number in unstarted]
-    if not extra:
-        return request
-    known = sorted({*request.known, *unstarted})  # so that the reply says how they ended
-    return request.model_copy(update={"results": [*request.results, *extra], "known": known})
 
 
 def _trained_as(backend: TrainingJobBackend) -> bool:

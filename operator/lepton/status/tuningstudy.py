@@ -177,12 +177,19 @@ def sync_request(study: TuningStudy, runs: Sequence[RunView], now: datetime,
     stop = ending(study, last.summary if last is not None else None, now)
     asking = study.status.phase == Phase.RUNNING and not spec.suspend and stop is None
     results = [r for run in latest.values() if (r := _result(study, run)) is not None]
+    unstarted: list[int] = []
     if stop is not None:  # an ending study stops its running trials: they count as pruned
-        results += [TrialResult(number=run.number, state="pruned", message=f"study ending: {stop.message}")
+        why = f"study ending: {stop.message}"[:1024]
+        results += [TrialResult(number=run.number, state="pruned", message=why)
                     for run in latest.values() if not run.finished]  # fmt: skip
+        # …and those asked in the very sync that ended it (a result told, then an ask): they never get a
+        # run, and left running in the tuner the study would never end.
+        unstarted = [t.number for t in (last.trials if last is not None else []) if t.state == "running"
+                     and t.number not in latest]  # fmt: skip
+        results += [TrialResult(number=n, state="pruned", message=why) for n in unstarted]
     if last is not None:  # a trial whose parameters make no valid TrainingJob fails at once
         for trial in last.trials:
-            if trial.state == "running" and trial.number not in latest:
+            if trial.state == "running" and trial.number not in latest and trial.number not in unstarted:
                 try:
                     trial_spec(spec.trial_template.training_job, trial.parameters, "trial", None)
                 except TrialSpecError as exc:
@@ -201,7 +208,7 @@ def sync_request(study: TuningStudy, runs: Sequence[RunView], now: datetime,
         max_trials=spec.trial_budget(),
         results=results,
         reports=reports,
-        known=sorted(latest),
+        known=sorted({*latest, *unstarted}),
     )
 
 
