@@ -15,7 +15,7 @@ control plane, and the tuner's suggestion latency at 1,000 trials.
     once (goal: S x P = 200, against Katib's 160). Real tuners, trials ended by kwok's fake runtime.
 (d) suggestion latency of tpe, cmaes and gp with 1,000 trials in the study (a real tuner process).
 
-Each part writes its own section of RESULTS.md.
+Each part writes its own section of RESULTS.md (so one part can be run again alone).
 
     python -m benchmarks.tuning --rounds 3 --prune-rounds 2
     python -m benchmarks.tuning --skip-cluster --no-record --rounds 1 --trials 2 --prune-rounds 1
@@ -56,8 +56,13 @@ def versions() -> str:
         dashboard = f", optuna-dashboard {optuna_dashboard.__version__}"
     except ImportError:
         dashboard = ""
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip() or "?"  # fmt: skip
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    # RESULTS.md aside: the parts of this very run write into it one after the other.
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/RESULTS.md")
+    commit = (git("rev-parse", "--short", "HEAD") or "?") + (" with uncommitted changes" if changed else "")
     return (f"Optuna {optuna.__version__}{dashboard}, torch {torch.__version__}, transformers "
             f"{transformers.__version__}; Lepton at commit {commit}")  # fmt: skip
 
@@ -84,8 +89,6 @@ def wall_time(args: argparse.Namespace) -> tuple[StudyShape, list[WallRound]]:
 
 def wall_report(shape: StudyShape, rounds: list[WallRound]) -> list[str]:
     lines = [
-        "### (a) Study wall time: TuningStudy vs a plain Optuna loop",
-        "",
         f"Study: {shape.describe()}; tiny GPT-2 (init from its config) on examples/data/tickets.jsonl, CPU, one "
         "gloo process per trial. Sides, in an order rotating each round, each a fresh process tree in a fresh "
         "directory: **lepton** = `leptonctl run -f study.yaml` (tuner process on a journal, syncs over HTTP, each "
@@ -143,8 +146,6 @@ def pruning_report(shapes: dict[str, StudyShape], rounds: list[dict[str, StudyRu
     interval = f"{est.mean:.0%}" + (f" [{est.low:.0%}, {est.high:.0%}] (95% CI, n={est.n})" if est.n > 1 else "")
     lines = [
         "",
-        "### (b) Trial time saved by pruning",
-        "",
         f"The same study twice, `leptonctl run -f`, the order alternating: {shapes['median'].describe()}; and "
         "the same with pruner none. A pruned trial's TrainingJob is stopped (SIGTERM: it checkpoints and exits). "
         "Trial seconds = the sum over trials of ask to tell, from the study's journal.",
@@ -153,6 +154,7 @@ def pruning_report(shapes: dict[str, StudyShape], rounds: list[dict[str, StudyRu
         f"{met})",
         f"- best values equal (6 significant digits): {'yes, every round' if all(equal) else 'not in every round'} "
         f"({sum(equal)} of {len(equal)})",
+        _trial_kinds(rounds, shapes["median"].max_steps),
         "",
         "| round | order | trial s none / median | saved | best none / median | pruned trials | wall s none / median |",
         "|---|---|---|---|---|---|---|",
@@ -163,6 +165,21 @@ def pruning_report(shapes: dict[str, StudyShape], rounds: list[dict[str, StudyRu
                      f"{s:.0%} | {same6(r['none'].best)} / {same6(r['median'].best)} | {pruned} of "
                      f"{len(r['median'].trials)} | {r['none'].wall:.0f} / {r['median'].wall:.0f} |")  # fmt: skip
     return lines
+
+
+def _trial_kinds(rounds: list[dict[str, StudyRun]], steps: int) -> str:
+    """Why the saving is what it is: what a complete and a pruned trial cost, and where pruning stopped."""
+    complete = [t.seconds for r in rounds for t in r["median"].trials if t.state == "complete"]
+    pruned = [t for r in rounds for t in r["median"].trials if t.state == "pruned"]
+    unpruned = [t.seconds for r in rounds for t in r["none"].trials]
+    if not pruned or not complete:
+        return "- no trial was pruned" if not pruned else "- every trial was pruned"
+    at = statistics.median(t.last_step or 0 for t in pruned)
+    stopped = statistics.fmean(t.seconds for t in pruned)
+    return (f"- mean seconds per trial: {statistics.fmean(unpruned):.1f} without a pruner; with the median pruner "
+            f"{statistics.fmean(complete):.1f} for a complete trial and {stopped:.1f} "
+            f"for a pruned one (stopped at step {at:.0f} of {steps}, median): the part before training (process "
+            "start, imports, model and data load) is spent by every trial, pruned or not")  # fmt: skip
 
 
 # --- (c) -----------------------------------------------------------------------------------------
@@ -216,6 +233,15 @@ def cluster_report(args: argparse.Namespace, runs: list[tuning_cluster.ClusterRu
             f"({total} trials); operator {r.operator_cpu:.0f} CPU-seconds, peak RSS {r.operator_rss:.0f} MiB; "
             f"{r.tuners_started} tuner processes started",
         ]
+        if r.full_at is not None and len(r.created) == total:
+            last = max(r.created)
+            steady = (total - r.wanted) / max(last - r.full_at, 1e-9)
+            lines.append(
+                f"  - steady state, from {r.wanted} running to the last creation ({r.full_at:.0f}-{last:.0f} s): "
+                f"{steady:.1f} TrainingJobs/s (the {r.wanted} slots of {r.trial_seconds:g} s trials allow "
+                f"{r.wanted / r.trial_seconds:.1f}/s), {r.mean_running(r.full_at, last):.0f} trial pods running on "
+                "average (time-weighted)"
+            )
         if r.tuner_failures:
             lines.append(f"  - runtime errors: {'; '.join(r.tuner_failures[:3])}")
     return "\n".join(lines)
@@ -272,27 +298,27 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print the sections, leave RESULTS.md alone")
     args = parser.parse_args()
     command = "python -m benchmarks.tuning " + " ".join(sys.argv[1:])
-    sections: list[tuple[str, str]] = []
     head = f"{versions()}; every run on this machine's 2 shared cores, one heavy thing at a time."
-    if not (args.skip_local and args.skip_pruning):
-        lines = [head, ""]
-        if not args.skip_local:
-            lines += wall_report(*wall_time(args))
-        if not args.skip_pruning:
-            lines += pruning_report(*pruning(args))
-        sections.append(("P4 tuner: study wall time and pruning (issue 10)", "\n".join(lines)))
-    if not args.skip_suggest:
-        sections.append(("P4 tuner: suggestion latency at 1,000 trials (issue 10)", head + "\n\n" +
-                         suggest_report(suggest_part(args))))  # fmt: skip
-    if not args.skip_cluster:
-        runs, version = cluster_part(args)
-        sections.append(("P4 tuner: trial throughput on the control plane (issue 10)", head + "\n\n" +
-                         cluster_report(args, runs, version)))  # fmt: skip
-    for title, body in sections:
+
+    def emit(title: str, body: str) -> None:  # each part's section as soon as it is measured
         if args.no_record:
             print(f"## {title}\n\n{body}\n")
         else:
             record(title, body, command)
+
+    if not args.skip_local:
+        emit("P4 tuner: study wall time vs a plain Optuna loop (issue 10)",
+             "\n".join([head, "", *wall_report(*wall_time(args))]))  # fmt: skip
+    if not args.skip_pruning:
+        emit("P4 tuner: trial time saved by pruning (issue 10)", "\n".join([head, *pruning_report(*pruning(args))]))
+    if not args.skip_suggest:
+        emit(
+            "P4 tuner: suggestion latency at 1,000 trials (issue 10)", f"{head}\n\n{suggest_report(suggest_part(args))}"
+        )
+    if not args.skip_cluster:
+        runs, version = cluster_part(args)
+        emit("P4 tuner: trial throughput on the control plane (issue 10)",
+             f"{head}\n\n{cluster_report(args, runs, version)}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -112,6 +112,21 @@ class ClusterRun:
     def wanted(self) -> int:
         return self.studies * self.parallelism
 
+    def mean_running(self, start: float, end: float) -> float:
+        """Trial pods running on average (time-weighted) between `start` and `end` seconds."""
+        if end <= start:
+            return math.nan
+        area, level, at = 0.0, 0, start
+        for t, n in self.timeline:
+            if t > start:
+                area += level * (min(t, end) - at)
+                at = min(t, end)
+            if t >= end:
+                break
+            level = n
+        area += level * (end - at)
+        return area / (end - start)
+
     def rate(self, first: int, last: int) -> float:
         """TrainingJobs per second between the first-th and last-th creation (1-based)."""
         times = sorted(self.created)
