@@ -53,6 +53,7 @@ from lepton.status.progress import evaluations_from, summary_metrics
 from lepton.status.tuningstudy import RunView, TunerView, decide, sync_request
 
 LOOP_SECONDS = 1.0
+EXIT_POLL_SECONDS = 0.05
 TUNER_START_SECONDS = 60.0
 SYNC_SECONDS = 120.0  # a sampler may take a while (GP, CMA-ES at many trials)
 
@@ -260,7 +261,7 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
                     stop(run.processes, options.echo)
                 table.finish(decision.status, reply)
                 return 0 if decision.status.phase == Phase.SUCCEEDED else EXIT_FAILED
-            time.sleep(LOOP_SECONDS)
+            _pause(runs)
 
     def _start(self, number: int, parameters: Any, retry: int, run_dir: Path) -> LocalRun:
         job = trial_job(self.resource, number, parameters, retry=retry, dataset_version=self.version)
@@ -278,6 +279,17 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
                 p.proc = subprocess.Popen(p.argv, env={**os.environ, **p.env}, stdout=fh,
                                           stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         return LocalRun(job.metadata.name, number, retry, output, processes)
+
+
+def _pause(runs: dict[str, LocalRun]) -> None:
+    """Until the next pass: LOOP_SECONDS, or sooner once a trial process exits, so that its result is told
+    and the next trial asked at once rather than up to a second later (trials are often short)."""
+    running = [p.proc for r in runs.values() for p in r.processes if p.proc is not None and p.proc.poll() is None]
+    deadline = time.monotonic() + LOOP_SECONDS
+    while time.monotonic() < deadline:
+        if any(proc.poll() is not None for proc in running):
+            return
+        time.sleep(EXIT_POLL_SECONDS)
 
 
 class ProgressTable:
