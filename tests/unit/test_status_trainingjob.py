@@ -14,7 +14,8 @@ from lepton.api.conditions import get_condition
 from lepton.api.contract import ProgressReport
 from lepton.api.kinds import TrainingJob
 from lepton.api.validation import parse
-from lepton.status.trainingjob import PodView, backoff_seconds, decide
+from lepton.status.events import trainingjob_events
+from lepton.status.trainingjob import Decision, PodView, backoff_seconds, decide
 from tests.conftest import EXAMPLES
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -399,3 +400,19 @@ def test_evaluations_reach_status_one_per_step_merged_with_earlier_ones() -> Non
 def test_success_records_rank_zeros_final_metrics(message: str, metrics: dict[str, str]) -> None:
     d = decide(job(), [pod(0, "Succeeded", summary=message), pod(1, "Succeeded", summary="{}")], NOW)
     assert d.status.metrics == metrics
+
+
+def test_finished_jobs_read_as_done_to_gitops_tools() -> None:
+    """kstatus (Flux) reads Ready=True as Current and Stalled=True as Failed; a finished job must not read
+    InProgress forever. A failure is told as one Failed event, not a Stalled one as well."""
+
+    def story(d: Decision) -> tuple[str, ...]:
+        return tuple(c.status for t in ("Ready", "Reconciling", "Stalled")
+                     if (c := get_condition(d.status.conditions, t)) is not None)  # fmt: skip
+
+    running = decide(job(), [pod(0), pod(1)], NOW)
+    ok = decide(job(), [pod(0, "Succeeded"), pod(1, "Succeeded")], NOW)
+    failed = decide(job(backoffLimit=0), [pod(0), pod(1, "Failed", terminated_reason="Error", exit_code=1)], NOW)
+    assert (story(running), story(ok), story(failed)) == (
+        ("True", "False", "False"), ("True", "False", "False"), ("False", "False", "True"))  # fmt: skip
+    assert [e.reason for e in trainingjob_events(running.status, failed.status)] == ["RankFailed", "Failed"]

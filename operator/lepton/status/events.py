@@ -33,7 +33,7 @@ def common_events(old: CommonStatus, new: CommonStatus) -> list[EventNote]:
 
 
 def trainingjob_events(old: TrainingJobStatus, new: TrainingJobStatus) -> list[EventNote]:
-    notes = common_events(old, new)
+    notes = [n for n in common_events(old, new) if new.phase != Phase.FAILED]  # a failure is told once, below
     seen = {(f.attempt, f.pod, f.pod_uid, f.time) for f in old.failures}
     for f in new.failures:
         if (f.attempt, f.pod, f.pod_uid, f.time) in seen:

@@ -143,7 +143,7 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     def fail(reason: str, message: str) -> Decision:
         c.set(ConditionType.FAILED, True, reason, message)
         c.set(ConditionType.SUCCEEDED, False, reason, message)
-        c.story(ready=False, reconciling=False, stalled=False, reason=reason, message=message)
+        c.story(ready=False, reconciling=False, stalled=True, reason=reason, message=message)
         c.status = c.status.model_copy(update={"completion_time": rfc3339(now), "next_attempt_time": None})
         return done(Phase.FAILED, create=False, keep=frozenset(p.name for p in current if p.finished))
 
@@ -217,7 +217,8 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     if current and len(succeeded) >= minimum and all(p.finished for p in current):
         c.set(ConditionType.SUCCEEDED, True, Reason.SUCCEEDED, f"All {len(succeeded)} nodes finished")
         c.set(ConditionType.FAILED, False, Reason.SUCCEEDED)
-        c.story(ready=False, reconciling=False, stalled=False, reason=Reason.SUCCEEDED, message="Training finished")
+        c.story(ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
+                message=f"Training finished; model in {output_location(job)}")  # fmt: skip
         rank0 = next((p for p in current if p.index == 0), None)
         metrics = summary_metrics(rank0.summary) if rank0 is not None and rank0.summary else {}
         c.status = c.status.model_copy(update={"completion_time": rfc3339(now), "output_model": output_location(job),
