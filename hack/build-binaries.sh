@@ -114,6 +114,23 @@ build_etcd() {
   install_built etcd "$ETCD_VERSION" "$dir/out/etcd"
 }
 
+# lepton-health (hack/health/): Argo CD's Lua health checks under gopher-lua and kstatus
+# (sigs.k8s.io/cli-utils), for the tests of what GitOps tools read. Its version is a hash of its
+# sources, so an edit builds it again.
+health_version() {
+  cat "$here/health/go.mod" "$here/health/go.sum" "$here/health/main.go" | sha256sum | cut -c1-12
+}
+
+build_health() {
+  local v; v=$(health_version)
+  need lepton-health "$v" || { log "cached: lepton-health $v"; return; }
+  log "building lepton-health $v (gopher-lua, kstatus)"
+  local dir="$work_root/lepton-health-$v"
+  rm -rf "$dir" && mkdir -p "$dir" && cp "$here/health/go.mod" "$here/health/go.sum" "$here/health/main.go" "$dir/"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o out/lepton-health .)
+  install_built lepton-health "$v" "$dir/out/lepton-health"
+}
+
 build_go_install() { # name version package ldflags
   need "$1" "$2" || { log "cached: $1 $2"; return; }
   log "building $1 $2"
@@ -170,6 +187,7 @@ print_env() {
   printf 'LEPTON_BIN_KWOKCTL=%s\n' "$(path_of kwokctl "$KWOK_VERSION")"
   printf 'LEPTON_BIN_HELM=%s\n' "$(path_of helm "$HELM_VERSION")"
   printf 'LEPTON_BIN_WEED=%s\n' "$(path_of weed "$SEAWEEDFS_VERSION")"
+  printf 'LEPTON_BIN_LEPTON_HEALTH=%s\n' "$(path_of lepton-health "$(health_version)")"
   printf 'LEPTON_KWOK_STAGES=%s/stages\n' "$(dirname "$(path_of kwok "$KWOK_VERSION")")"
   printf 'LEPTON_GATEWAY_API_CRDS=%s\n' "$bin_root/gateway-api-$GATEWAY_API_VERSION"
   printf 'LEPTON_MONITORING_CRDS=%s\n' "$bin_root/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
@@ -186,6 +204,7 @@ build_go_install kwokctl "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwokctl \
 build_etcd
 build_kubernetes
 build_weed
+build_health
 copy_kwok_stages
 copy_gateway_crds
 copy_monitoring_crds

@@ -10,6 +10,7 @@ import yaml
 
 from lepton.api import KINDS
 from lepton.api.crd import crd_file_name, render_crd_yaml
+from lepton.cli import argocd
 from lepton.cli.crds import drift, generated
 from tests.conftest import ROOT
 
@@ -152,3 +153,14 @@ def test_names_that_become_services_or_host_names_are_dns_1035_labels(kind: str,
     cel = [r["rule"] for r in root["x-kubernetes-validations"]]
     assert len(cel) == rules
     assert "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')" in cel
+
+
+def test_committed_argocd_health_checks_match_their_sources() -> None:
+    assert argocd.drift(ROOT) == [], "run `leptonctl crds` and commit the result"
+
+
+def test_argocd_health_checks_use_no_library_argocd_withholds() -> None:
+    """Argo CD runs a check from argocd-cm with only Lua's package, base and table libraries."""
+    for path, text in argocd.generated().items():
+        code = "\n".join(line.split("--")[0] for line in text.splitlines())
+        assert not any(f"{lib}." in code for lib in ("string", "math", "os", "io")), path

@@ -1,4 +1,5 @@
-"""`leptonctl crds`: generate crds/ (and the chart's copy) from the models, or check for drift."""
+"""`leptonctl crds`: generate crds/ (and the chart's copy) from the models, and the chart's Argo CD health
+checks from operator/lepton/cli/health/, or check them for drift."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from lepton.api import KINDS
 from lepton.api.crd import crd_file_name, render_crd_yaml
+from lepton.cli import argocd
 
 DEFAULT_DIRS = (Path("crds"), Path("helm/lepton/crds"))
 
@@ -37,10 +39,12 @@ def command(args: argparse.Namespace) -> int:
     dirs = args.out or [d for d in DEFAULT_DIRS if d.parent.exists()]
     if args.check:
         problems = [p for d in dirs for p in drift(d)]
+        if not args.out and argocd.DIRECTORY.parent.exists():
+            problems += argocd.drift(Path("."))
         for p in problems:
             print(p, file=sys.stderr)
         if problems:
-            print("CRDs are stale: run `leptonctl crds` and commit the result", file=sys.stderr)
+            print("CRDs or health checks are stale: run `leptonctl crds` and commit the result", file=sys.stderr)
             return 1
         print(f"CRDs up to date in {', '.join(map(str, dirs))}")
         return 0
@@ -49,4 +53,6 @@ def command(args: argparse.Namespace) -> int:
         for name, text in generated().items():
             (d / name).write_text(text)
         print(f"wrote {len(KINDS)} CRDs to {d}")
+    if not args.out and argocd.DIRECTORY.parent.exists():
+        print(f"wrote {argocd.write(Path('.'))} Argo CD health files to {argocd.DIRECTORY}")
     return 0
