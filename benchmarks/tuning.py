@@ -79,25 +79,25 @@ class WallRound:
         return self.runs["lepton"].per_hour / self.runs[baseline].per_hour
 
 
-def wall_time(args: argparse.Namespace) -> dict[StudyShape, list[WallRound]]:
+def wall_time(args: argparse.Namespace) -> list[tuple[StudyShape, list[WallRound]]]:
     """Each round runs every trial length, each length's sides in an order rotating by round."""
     shapes = [StudyShape(trials=args.trials, max_steps=steps, eval_every=max(steps // 5, 1)) for steps in args.steps]
-    rounds: dict[StudyShape, list[WallRound]] = {shape: [] for shape in shapes}
+    measured: list[tuple[StudyShape, list[WallRound]]] = [(shape, []) for shape in shapes]
     for number in range(args.rounds):
         order = SIDES[number % 3 :] + SIDES[: number % 3]
-        for shape in shapes:
+        for shape, rounds in measured:
             say(f"(a) round {number + 1}/{args.rounds}, {shape.max_steps} steps: {', '.join(order)}")
-            rounds[shape].append(WallRound(order, {side: run_side(side, "p4-wall", shape) for side in order}))
-    return rounds
+            rounds.append(WallRound(order, {side: run_side(side, "p4-wall", shape) for side in order}))
+    return measured
 
 
 def per_trial(rounds: list[WallRound], side: str) -> float:
     return statistics.fmean(t.seconds for r in rounds for t in r.runs[side].trials)
 
 
-def wall_report(measured: dict[StudyShape, list[WallRound]]) -> list[str]:
-    first = next(iter(measured))
-    lengths = " and ".join(str(shape.max_steps) for shape in measured)
+def wall_report(measured: list[tuple[StudyShape, list[WallRound]]]) -> list[str]:
+    first = measured[0][0]
+    lengths = " and ".join(str(shape.max_steps) for shape, _ in measured)
     lines = [
         f"Study: {first.describe()}, measured at {lengths} steps per trial; tiny GPT-2 (init from its config) on "
         "examples/data/tickets.jsonl, CPU, one gloo process per trial. Sides, in an order rotating each round, each "
@@ -112,7 +112,7 @@ def wall_report(measured: dict[StudyShape, list[WallRound]]) -> list[str]:
         "the spread.",
     ]
     fixed = []
-    for shape, rounds in measured.items():
+    for shape, rounds in measured:
         lines += ["", f"### {shape.max_steps} steps per trial", ""]
         for baseline in ("torchrun", "inprocess"):
             est = ratio_estimate([r.ratio(baseline) for r in rounds])

@@ -174,12 +174,24 @@ def test_committed_health_tests_hold(dev_cluster: DevCluster) -> None:
         assert (health.argocd, health.kstatus) == EXPECTED[(kind, phase)], (kind, phase)
 
 
-def test_a_spec_the_operator_has_not_seen_reads_in_progress(dev_cluster: DevCluster) -> None:
-    objects = [{"apiVersion": "lepton.ai/v1alpha1", "kind": kind, "metadata": {"name": "x", "generation": 2},
-                "spec": {}, "status": status} for kind in ("TrainingJob", "InferenceService")
-               for status in ({}, {"observedGeneration": 1, "conditions": [
-                   {"type": "Ready", "status": "True", "reason": "Serving", "message": "old spec"}]})]  # fmt: skip
-    for health in read_health(dev_cluster.bins["lepton-health"], objects):
+def test_a_resource_the_operator_has_not_seen_reads_in_progress(kube: Kube, dev_cluster: DevCluster,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    """Before the operator writes status, the apiserver shows observedGeneration 0 (the CRDs' default):
+    kstatus reads InProgress, not Current for want of any status, and Argo CD reads Progressing. So is a
+    spec changed since the operator last wrote status."""
+    ns = f"unwatched-{uuid.uuid4().hex[:8]}"  # outside the operator's namespaces: nobody writes status
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    try:
+        for manifest in (trainingjob("new", nodes=1), dataset("new"), service("new"), study("new", tmp_path)):
+            kube.apply(manifest, ns)
+        objects = [kube.get(kind, "new", ns) for kind in ("trainingjob", "dataset", "inferenceservice", "tuningstudy")]
+    finally:
+        kube.run("delete", "namespace", ns, "--wait=false")
+    assert all(o["status"]["observedGeneration"] == 0 for o in objects), [o.get("status") for o in objects]
+    ready = {"type": "Ready", "status": "True", "reason": "Running", "message": "1 of 1 nodes running"}
+    changed = {**objects[0], "metadata": {**objects[0]["metadata"], "generation": 3},
+               "status": {"observedGeneration": 2, "phase": "Running", "conditions": [ready]}}  # fmt: skip
+    for health in read_health(dev_cluster.bins["lepton-health"], [*objects, changed]):
         assert (health.argocd, health.kstatus) == ("Progressing", "InProgress"), health
 
 

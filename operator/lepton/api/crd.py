@@ -120,6 +120,11 @@ def crd_for(info: KindInfo) -> dict[str, Any]:
     status = _conditions_as_map(_schema_of(info.status))
     spec["description"] = spec.get("description") or f"Desired state of the {info.kind}."
     status["description"] = f"Observed state of the {info.kind}, written by the operator."
+    # Until the operator writes status, the apiserver shows observedGeneration 0: kstatus (Flux) then
+    # reads a new object as InProgress, not as Current for want of any status, and Argo CD's check as
+    # Progressing.
+    status["default"] = {}
+    status["properties"]["observedGeneration"]["default"] = 0
     version: dict[str, Any] = {
         "name": VERSION,
         "served": True,

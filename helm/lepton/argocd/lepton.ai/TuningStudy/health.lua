@@ -29,12 +29,9 @@ end
 -- failed trials) or is stuck (Stalled); Suspended while spec.suspend holds it.
 local trials = ""
 if st.trialsDone ~= nil then
-  trials = "; " .. st.trialsDone .. " trials done"
-  if obj.spec ~= nil and obj.spec.maxTrials ~= nil then
-    trials = trials .. " of " .. obj.spec.maxTrials
-  end
+  trials = "; trials done " .. st.trialsDone
 end
-if st.bestTrial ~= nil and st.bestTrial.value ~= nil then
+if st.bestTrial ~= nil and st.bestTrial.value ~= nil and st.bestTrial.number ~= nil then
   trials = trials .. ", best " .. st.bestTrial.value .. " (trial " .. st.bestTrial.number .. ")"
 end
 if holds("Stalled") then
