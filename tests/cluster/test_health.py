@@ -155,6 +155,12 @@ def reason_of(kube: Kube, ns: str, kind: str, name: str, condition: str) -> str 
     return next((c["reason"] for c in conds if c["type"] == condition and c["status"] == "True"), None)
 
 
+def metric(operator: OperatorProcess, line: str) -> float:
+    rows = [row for row in operator.metrics().splitlines() if row.startswith(line + " ")]
+    assert rows, f"no sample {line}"
+    return float(rows[0].rsplit(" ", 1)[1])
+
+
 # --- the committed testdata, offline ------------------------------------------------------------
 def committed() -> list[tuple[str, dict[str, Any]]]:
     return [(kind.name, case) for kind in sorted(CHECKS.iterdir()) if (kind / "health_test.yaml").exists()
@@ -205,6 +211,9 @@ def test_trainingjob_in_each_phase(kube: Kube, namespace: str, operator: Operato
     kube.apply(trainingjob("job", nodes=1), ns)
     eventually(lambda: phase_of(kube, ns, kind, "job", "Running"), timeout=60, what="Running")
     captures.take(kind, "job", "running")
+    # The lifecycle metrics of the same transitions (the operator is shared: counts only grow).
+    assert metric(operator, "lepton_trainingjob_startup_seconds_count") >= 1
+    assert metric(operator, f'lepton_gpus_allocated{{namespace="{ns}"}}') == 1
     kube.patch("trainingjob", "job", ns, {"spec": {"suspend": True}})
     eventually(lambda: phase_of(kube, ns, kind, "job", "Suspended"), timeout=60, what="Suspended")
     captures.take(kind, "job", "suspended")
@@ -222,6 +231,10 @@ def test_trainingjob_in_each_phase(kube: Kube, namespace: str, operator: Operato
             finish(kube, ns, p["metadata"]["name"], "Failed")
     eventually(lambda: phase_of(kube, ns, kind, "doomed", "Failed"), timeout=60, what="Failed")
     captures.take(kind, "doomed", "failed")
+    assert metric(operator, 'lepton_trainingjob_restarts_total{reason="Error"}') >= 1
+    assert metric(operator, f'lepton_gpus_allocated{{namespace="{ns}"}}') == 0
+    assert metric(operator, f'lepton_gpu_seconds_total{{namespace="{ns}"}}') > 0
+    assert metric(operator, 'lepton_resources{kind="TrainingJob",phase="Failed"}') >= 1
     kube.apply(trainingjob("rejected", nodes=1, scheduling={"priorityClassName": "no-such-class"}), ns)
     eventually(lambda: reason_of(kube, ns, kind, "rejected", "Stalled") == "ChildRejected", timeout=60,
                what="ChildRejected")  # fmt: skip

@@ -152,7 +152,7 @@ class Reconciler(Generic[R]):
         state = self._states.pop(key, None)
         self.binding.forget(key)
         self.recorder.forget(self.kind, *key)
-        self.metrics.observe_phase(self.kind, key[0], key[1], None)
+        self.metrics.forget(self.kind, *key)
         self.metrics.loops.labels(kind=self.kind).set(len(self._states))
         if state is not None and state.task is not None and state.task is not asyncio.current_task():
             state.task.cancel()
@@ -258,7 +258,7 @@ class Reconciler(Generic[R]):
         events = list(plan.events) if status is plan.status else common_events(resource.status, status)
         await self._write_status(body, resource.status, status, events)
         state.written = status.to_wire()
-        self.metrics.observe_phase(self.kind, str(meta.get("namespace")), str(meta.get("name")), status.phase)
+        self.metrics.observe(self.kind, body, resource.status, status)
         if status is not plan.status and is_kernel_stall(status):
             # What stalls it may go away without an event of ours (a user deletes the object holding the
             # name, an admin creates a PriorityClass): look again, less and less often.
