@@ -131,6 +131,27 @@ build_health() {
   install_built lepton-health "$v" "$dir/out/lepton-health"
 }
 
+# Prometheus and promtool from Debian's package: downloaded and unpacked into the cache, never installed
+# (its maintainer scripts would start a server). A pinned version the mirror no longer serves falls back
+# to the one it does, said in the log.
+fetch_prometheus() {
+  local v=$PROMETHEUS_DEB_VERSION
+  if ! need promtool "$v" && ! need prometheus "$v"; then log "cached: prometheus $v"; return; fi
+  log "fetching prometheus $v (Debian package)"
+  local dir="$work_root/prometheus-deb-$v"
+  rm -rf "$dir" && mkdir -p "$dir"
+  (
+    cd "$dir"
+    apt-get download "prometheus=$v" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 || true; apt-get download "prometheus=$v" >/dev/null 2>&1; } \
+      || { log "prometheus $v is not served; taking the version the mirror has"; apt-get download prometheus >/dev/null 2>&1; }
+    dpkg-deb -x prometheus_*.deb unpacked
+  )
+  install_built promtool "$v" "$dir/unpacked/usr/bin/promtool"
+  install_built prometheus "$v" "$dir/unpacked/usr/bin/prometheus"
+  rm -rf "$dir"
+}
+
 build_go_install() { # name version package ldflags
   need "$1" "$2" || { log "cached: $1 $2"; return; }
   log "building $1 $2"
@@ -165,14 +186,17 @@ copy_gateway_crds() {
   log "ready: Gateway API CRDs $GATEWAY_API_VERSION -> $dest"
 }
 
-# The Prometheus Operator's ServiceMonitor CRD, for the tests of an InferenceService's ServiceMonitor.
+# The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs, for the tests of an InferenceService's
+# ServiceMonitor and of the chart's PrometheusRule.
 copy_monitoring_crds() {
   local dest="$bin_root/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
-  [[ -f "$dest/monitoring.coreos.com_servicemonitors.yaml" ]] && return
+  [[ -f "$dest/monitoring.coreos.com_servicemonitors.yaml" && -f "$dest/monitoring.coreos.com_prometheusrules.yaml" ]] \
+    && return
   local dir; dir=$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
     | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
   mkdir -p "$dest.tmp"
-  cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml "$dest.tmp/"
+  cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml \
+     "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml "$dest.tmp/"
   chmod -R u+w "$dest.tmp" && rm -rf "$dest" && mv "$dest.tmp" "$dest"
   log "ready: Prometheus Operator CRDs $PROMETHEUS_OPERATOR_VERSION -> $dest"
 }
@@ -188,6 +212,8 @@ print_env() {
   printf 'LEPTON_BIN_HELM=%s\n' "$(path_of helm "$HELM_VERSION")"
   printf 'LEPTON_BIN_WEED=%s\n' "$(path_of weed "$SEAWEEDFS_VERSION")"
   printf 'LEPTON_BIN_LEPTON_HEALTH=%s\n' "$(path_of lepton-health "$(health_version)")"
+  printf 'LEPTON_BIN_PROMTOOL=%s\n' "$(path_of promtool "$PROMETHEUS_DEB_VERSION")"
+  printf 'LEPTON_BIN_PROMETHEUS=%s\n' "$(path_of prometheus "$PROMETHEUS_DEB_VERSION")"
   printf 'LEPTON_KWOK_STAGES=%s/stages\n' "$(dirname "$(path_of kwok "$KWOK_VERSION")")"
   printf 'LEPTON_GATEWAY_API_CRDS=%s\n' "$bin_root/gateway-api-$GATEWAY_API_VERSION"
   printf 'LEPTON_MONITORING_CRDS=%s\n' "$bin_root/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
@@ -205,6 +231,7 @@ build_etcd
 build_kubernetes
 build_weed
 build_health
+fetch_prometheus
 copy_kwok_stages
 copy_gateway_crds
 copy_monitoring_crds

@@ -14,7 +14,7 @@ from lepton.api.dataset import DatasetStatus
 from lepton.api.inferenceservice import InferenceServiceStatus
 from lepton.api.trainingjob import TrainingJobStatus
 from lepton.api.tuningstudy import TuningStudyStatus
-from lepton.controller.metrics import GpuSeconds, OperatorMetrics
+from lepton.controller.metrics import GpuSeconds, OperatorMetrics, PhaseAges
 from lepton.status.observations import Observation, observations
 
 CREATED = "2026-01-01T12:00:00Z"
@@ -114,3 +114,20 @@ def test_gpu_seconds_accrue_while_pods_run_and_stop_with_them() -> None:
 
 def _values(collector: GpuSeconds) -> dict[tuple[str, str], float]:
     return {(s.name, s.labels["namespace"]): s.value for family in collector.collect() for s in family.samples}
+
+
+def test_the_oldest_in_each_phase_is_what_a_stuck_alert_reads() -> None:
+    clock = [0.0]
+    ages = PhaseAges(clock=lambda: clock[0])
+    ages.enter(("TrainingJob", "a", "old"), "Pending")
+    clock[0] = 100.0
+    ages.enter(("TrainingJob", "a", "new"), "Pending")
+    ages.enter(("InferenceService", "a", "web"), "Starting")
+    clock[0] = 160.0
+    ages.enter(("InferenceService", "a", "web"), "Running")
+    ages.enter(("TrainingJob", "b", "done"), "Succeeded")  # finished: no age
+    got = {(s.labels["kind"], s.labels["phase"]): s.value for f in ages.collect() for s in f.samples}
+    assert got == {("TrainingJob", "Pending"): 160.0, ("InferenceService", "Running"): 0.0}
+    ages.enter(("TrainingJob", "a", "old"), None)  # deleted
+    got = {(s.labels["kind"], s.labels["phase"]): s.value for f in ages.collect() for s in f.samples}
+    assert got[("TrainingJob", "Pending")] == 60.0

@@ -56,7 +56,7 @@ class Binaries:
     kubernetes_version: str
     stages: Path
     gateway_crds: Path | None = None  # the Gateway API's CRDs (tests install the HTTPRoute one)
-    monitoring_crds: Path | None = None  # the Prometheus Operator's ServiceMonitor CRD (tests install it)
+    monitoring_crds: Path | None = None  # the Prometheus Operator's ServiceMonitor and PrometheusRule CRDs (tests)
 
     def __getitem__(self, name: str) -> str:
         return str(self.paths[name])

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from lepton.api.common import CommonStatus
+from lepton.api.constants import TERMINAL_PHASES
 from lepton.api.trainingjob import TrainingJobStatus
 from lepton.api.tuningstudy import TuningStudyStatus
 from lepton.status.observations import PREPARATION, QUEUE_WAIT, READY, RESTART, STARTUP, observations
@@ -61,6 +62,8 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self._phases: dict[tuple[str, str, str], str] = {}
+        self.ages = PhaseAges()
+        self.registry.register(self.ages)
         self.startup = Histogram(
             "lepton_trainingjob_startup_seconds",
             "TrainingJob: from creation until every pod of its first gang runs.",
@@ -110,6 +113,7 @@ class OperatorMetrics:
         old = self._phases.get(key)
         if old == phase:
             return
+        self.ages.enter(key, phase)
         if old is not None:
             self.resources.labels(kind=kind, phase=old).dec()
         if phase is None:
@@ -159,6 +163,36 @@ class OperatorMetrics:
             self._trials.pop(key, None)
         else:
             self._trials[key] = counts
+
+
+class PhaseAges(Collector):
+    """How long the oldest resource of each kind has been in its current phase (finished phases left
+    out): what an alert on a job stuck Pending, or a service not Ready, reads. Counted from when this
+    operator process first saw it in that phase."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._entered: dict[tuple[str, str, str], tuple[str, float]] = {}
+
+    def enter(self, key: tuple[str, str, str], phase: str | None) -> None:
+        if phase is None or phase in TERMINAL_PHASES:
+            self._entered.pop(key, None)
+        else:
+            self._entered[key] = (phase, self.clock())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.clock()
+        oldest: dict[tuple[str, str], float] = {}
+        for (kind, _, _), (phase, since) in self._entered.items():
+            oldest[(kind, phase)] = max(oldest.get((kind, phase), 0.0), now - since)
+        family = GaugeMetricFamily(
+            "lepton_phase_oldest_seconds",
+            "Seconds the oldest resource of a kind has been in its phase (phases that end a resource left out).",
+            labels=["kind", "phase"],
+        )
+        for (kind, phase), age in sorted(oldest.items()):
+            family.add_metric([kind, phase], age)
+        yield family
 
 
 class GpuSeconds(Collector):
