@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "helm" / "lepton" / "argocd" / "lepton.ai"
 UPDATE = os.environ.get("LEPTON_UPDATE_GOLDEN") == "1"
 FIXED_TIME = "2026-01-01T00:00:00Z"
+FIXED_UID = "00000000-0000-0000-0000-000000000000"
 TUNER_WAITS = ("TunerStarting", "TunerUnreachable", "Unschedulable")
 
 # (kind, phase) -> (Argo CD health, kstatus): what each tool must read. A job-like kind is Healthy and
@@ -86,15 +87,23 @@ def read_health(binary: Path, objects: list[dict[str, Any]]) -> list[Health]:
     return out
 
 
-def sanitized(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-    """The object as testdata: what a health check reads, with no namespace, UID or clock of this run."""
-    o = json.loads(json.dumps(obj).replace(namespace, "default"))
+def sanitized(obj: dict[str, Any], namespace: str, paths: dict[str, str]) -> dict[str, Any]:
+    """The object as testdata: what a health check reads, with no namespace, UID, clock or path of this
+    run and machine (`paths`: a local path -> what stands for it)."""
+    text = json.dumps(obj).replace(namespace, "default")
+    for local, neutral in paths.items():
+        text = text.replace(local, neutral)
+    job = obj.get("status", {}).get("job")  # a Dataset's preparation Job: named by a hash of this run
+    if isinstance(job, str):
+        text = text.replace(job, f"{obj['metadata']['name']}-0123abcd")
+    o = json.loads(text)
     md = o["metadata"]
     o["metadata"] = {k: md[k] for k in ("name", "namespace", "generation") if k in md}
 
     def fix(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: FIXED_TIME if k.endswith(("Time", "Timestamp")) and isinstance(v, str) else fix(v)
+            return {k: FIXED_TIME if k.endswith(("Time", "Timestamp", "time")) and isinstance(v, str)
+                    else FIXED_UID if k.endswith(("UID", "Uid", "uid")) and isinstance(v, str) else fix(v)
                     for k, v in value.items()}  # fmt: skip
         if isinstance(value, list):
             return [fix(v) for v in value]
@@ -107,12 +116,14 @@ def sanitized(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
 class Captures:
     """Objects captured in named phases; `check` reads them with both tools and compares with EXPECTED."""
 
-    def __init__(self, kube: Kube, namespace: str, binary: Path) -> None:
+    def __init__(self, kube: Kube, namespace: str, binary: Path, tmp: Path) -> None:
         self.kube, self.namespace, self.binary = kube, namespace, binary
+        self.paths = {str(tmp): "/data", str(ROOT): "/opt/lepton"}
         self.taken: dict[tuple[str, str], dict[str, Any]] = {}
 
     def take(self, kind: str, name: str, phase: str) -> None:
-        self.taken[(kind, phase)] = sanitized(self.kube.get(kind.lower(), name, self.namespace), self.namespace)
+        obj = self.kube.get(kind.lower(), name, self.namespace)
+        self.taken[(kind, phase)] = sanitized(obj, self.namespace, self.paths)
 
     def check(self) -> None:
         keys = list(self.taken)
@@ -140,8 +151,8 @@ def write_testdata(cases: dict[tuple[str, str], tuple[dict[str, Any], Health]]) 
 
 
 @pytest.fixture
-def captures(kube: Kube, namespace: str, dev_cluster: DevCluster) -> Iterator[Captures]:
-    c = Captures(kube, namespace, dev_cluster.bins["lepton-health"])
+def captures(kube: Kube, namespace: str, dev_cluster: DevCluster, tmp_path: Path) -> Iterator[Captures]:
+    c = Captures(kube, namespace, dev_cluster.bins["lepton-health"], tmp_path)
     yield c
     c.check()
 
@@ -301,7 +312,9 @@ def test_tuningstudy_in_each_phase(
     captures.take(kind, "first", "pending")
     ensure_node(kube)
     with LoopbackRuntime(kube, ns, tmp_path, storage_url=f"sqlite:///{db}") as runtime:
-        eventually(lambda: phase_of(kube, ns, kind, "first", "Running"), timeout=120, what="Running")
+        # Running with its trials (not a passing TunerUnreachable while the tuner pod starts over).
+        eventually(lambda: reason_of(kube, ns, kind, "first", "Ready") == "TrialsRunning", timeout=120,
+                   what="TrialsRunning")  # fmt: skip
         captures.take(kind, "first", "running")
         eventually(lambda: phase_of(kube, ns, kind, "first", "Succeeded"), timeout=300, interval=1, what="Succeeded")
         captures.take(kind, "first", "succeeded")
