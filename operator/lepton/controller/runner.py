@@ -11,6 +11,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from lepton.controller import kopf_fixes
 from lepton.controller.kube import KubeClient
 from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.registry import build_registry
@@ -82,6 +83,7 @@ async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -
         settings.metrics_port,
         ", ".join(settings.namespaces) or "all namespaces",
     )
+    kopf_fixes.apply()
     try:
         await kopf.operator(
             registry=registry,
