@@ -16,7 +16,7 @@ from lepton.api.contract import ProgressReport
 from lepton.api.trainingjob import Failure, TrainingJobStatus
 from lepton.controller.children import controller_uid, drifted, owned
 from lepton.controller.events import BURST, EventRecorder
-from lepton.controller.kube import KubeClient
+from lepton.controller.kube import KubeClient, KubeError
 from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.reconciler import Binding, Reconciler
 from lepton.status.events import trainingjob_events
@@ -132,6 +132,32 @@ def test_failure_event_names_pod_reason_and_exit_code() -> None:
     (rank, _) = trainingjob_events(_status(phase="Running"), _status(phase="Restarting", restarts=1, failures=[FAIL]))
     assert rank.type == "Warning" and rank.message == "j-0-1: OOMKilled (exit code 137)"
     assert Failure.model_validate(FAIL).exit_code == 137
+
+
+class RefusingClient(KubeClient):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    async def request(self, *_: Any, **__: Any) -> Any:
+        raise KubeError(403, self.message)
+
+
+@pytest.mark.parametrize(
+    ("message", "warned"),
+    [
+        ('events "j.1" is forbidden: unable to create new content in namespace ns because it is being terminated',
+         False),  # the namespace goes, its events with it: not worth a warning
+        ('events is forbidden: User "system:serviceaccount:x:y" cannot create resource "events"', True),
+    ],
+)  # fmt: skip
+def test_an_event_refused_is_logged_unless_its_namespace_is_going(
+    message: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = EventRecorder(RefusingClient(message))
+    job = {"kind": "TrainingJob", "metadata": {"namespace": "ns", "name": "j", "uid": UID}}
+    assert asyncio.run(recorder.post(job, [EventNote("Failed", "boom", "Warning")])) == 0
+    assert ("not posted" in caplog.text) is warned
 
 
 def test_event_rate_limit_drops_repeats_and_floods() -> None:

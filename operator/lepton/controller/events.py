@@ -84,5 +84,7 @@ class EventRecorder:
                 await self.client.request("POST", api_path("v1", "events", namespace), body=event)
                 posted += 1
             except KubeError as exc:  # an event is worth a log line, never a failed reconcile
+                if exc.status == 403 and "being terminated" in exc.message:
+                    continue  # the namespace is going away, and its events with it: nothing to tell
                 log.warning("event %s for %s %s/%s not posted: %s", note.reason, kind, namespace, name, exc)
         return posted
