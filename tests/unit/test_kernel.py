@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from lepton.api import KINDS, TrainingJob
+from lepton.api.common import Lineage
 from lepton.api.contract import ProgressReport
 from lepton.api.trainingjob import Failure, TrainingJobStatus
 from lepton.controller.children import controller_uid, drifted, owned
@@ -228,7 +229,8 @@ def trainingjob_body() -> dict[str, Any]:
     doc = yaml.safe_load((EXAMPLES / "quickstart" / "trainingjob.yaml").read_text())
     doc["metadata"] |= {"namespace": "ns", "name": "j", "uid": UID, "generation": 1}
     doc["spec"]["data"] = {"uri": "examples/data/tickets.jsonl"}  # nothing to resolve: no API call
-    doc["status"] = TrainingJobStatus().to_wire()  # as written: a settled pass patches nothing
+    lineage = Lineage(base_model="examples/models/tiny-gpt2", training_job="j")  # what the kernel records
+    doc["status"] = TrainingJobStatus(lineage=lineage).to_wire()  # as written: a settled pass patches nothing
     assert isinstance(TrainingJob.model_validate(doc), TrainingJob)
     return doc
 

@@ -106,3 +106,72 @@ def test_dataset_versions(ref: dict[str, Any], recorded: str | None, uri: str | 
     r = resolve(j, {("Dataset", "support-tickets"): PUBLISHED})
     assert r.uris.get("data") == uri and r.dataset_version == version
     assert (waiting in " ".join(r.waiting)) if waiting else r.ready
+
+
+# --- lineage: what a model is built from, end to end ----------------------------------------------------
+DATASET = {"status": {"conditions": READY, "location": "pvc://datasets/tickets/versions/v7", "version": "v7"}}
+STUDY = {
+    "status": {
+        "phase": "Succeeded",
+        "lineage": {"dataset": "support-tickets", "datasetVersion": "v7", "baseModel": "pvc://models/tiny"},
+        "bestTrial": {"number": 3, "value": "0.5", "trainingJob": "search-3", "model": "pvc://o/search-3"},
+    }
+}
+FINAL = {
+    "status": {
+        "phase": "Succeeded",
+        "outputModel": "pvc://o/final",
+        "lineage": {
+            "dataset": "support-tickets",
+            "datasetVersion": "v7",
+            "tuningStudy": "search",
+            "trial": 3,
+            "trainingJob": "final",
+            "baseModel": "pvc://o/search-3",
+        },
+    }
+}
+
+
+def service(model: dict[str, Any]) -> Any:
+    doc = yaml.safe_load((EXAMPLES / "inferenceservice.yaml").read_text())
+    doc["spec"]["model"] = model
+    return parse(doc)
+
+
+@pytest.mark.parametrize(
+    ("resource", "found", "lineage"),
+    [
+        (lambda: job(model={"tuningStudy": {"name": "search"}}),
+         {("TuningStudy", "search"): STUDY, ("Dataset", "support-tickets"): DATASET},
+         {"dataset": "support-tickets", "datasetVersion": "v7", "tuningStudy": "search", "trial": 3,
+          "trainingJob": "tiny-gpt2-support", "baseModel": "pvc://o/search-3"}),
+        (lambda: job(data={"uri": "/d"}), {},
+         {"trainingJob": "tiny-gpt2-support", "baseModel": "examples/models/tiny-gpt2"}),
+        (lambda: service({"trainingJob": {"name": "final"}}), {("TrainingJob", "final"): FINAL},
+         FINAL["status"]["lineage"]),
+        (lambda: service({"tuningStudy": {"name": "search"}}), {("TuningStudy", "search"): STUDY},
+         {"dataset": "support-tickets", "datasetVersion": "v7", "baseModel": "pvc://models/tiny",
+          "tuningStudy": "search", "trial": 3, "trainingJob": "search-3"}),
+        (lambda: service({"uri": "/models/m"}), {}, {"baseModel": "/models/m"}),
+    ],
+    ids=["job-from-study", "job-direct", "service-from-job", "service-from-study", "service-direct"],
+)  # fmt: skip
+def test_lineage_carries_the_data_version_study_and_trial_end_to_end(resource: Any, found: dict[Any, Any],
+                                                                     lineage: dict[str, Any]) -> None:  # fmt: skip
+    r = resolve(resource(), found)
+    assert r.ready and r.lineage is not None and r.lineage.to_wire() == lineage
+
+
+def test_lineage_waits_with_its_references_and_a_status_keeps_what_it_had() -> None:
+    from lepton.api.common import Lineage
+    from lepton.api.trainingjob import TrainingJobStatus
+    from lepton.status.references import with_lineage
+
+    waiting = resolve(job(model={"tuningStudy": {"name": "search"}}), {("Dataset", "support-tickets"): DATASET})
+    assert not waiting.ready and waiting.lineage is None
+    before = TrainingJobStatus(lineage=Lineage(dataset="support-tickets", dataset_version="v6"))
+    assert with_lineage(before, waiting) is before
+    ready = resolve(job(data={"uri": "/d"}), {})
+    assert with_lineage(before, ready).lineage == ready.lineage
+    assert with_lineage(with_lineage(before, ready), ready).lineage == ready.lineage

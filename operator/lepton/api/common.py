@@ -88,6 +88,20 @@ class DatasetRef(ApiModel):
     split: Literal["train", "validation", "test"] = Field(default="train", description="Which split to read.")
 
 
+class Lineage(ApiModel):
+    """What a model was built from, recorded by the operator as references resolve and carried into the
+    model's own metadata (lepton-training.json) and the serving model's metadata: the data version it
+    was trained on, the study and trial that chose its training, the job that wrote it, and the model
+    that job started from."""
+
+    dataset: str | None = Field(default=None, description="The Dataset the training data came from.")
+    dataset_version: str | None = Field(default=None, description="Its content-hash version trained on.")
+    tuning_study: str | None = Field(default=None, description="The TuningStudy whose best trial it comes from.")
+    trial: int | None = Field(default=None, description="That study's trial number (its best trial).")
+    training_job: str | None = Field(default=None, description="The TrainingJob that wrote the model.")
+    base_model: str | None = Field(default=None, description="Where that training started from (a location).")
+
+
 class HubModel(ApiModel):
     """A model from a model hub, fetched by the workload at start (the hub's default revision)."""
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from lepton.api.base import ApiModel, exactly_one
+from lepton.api.common import Lineage
 from lepton.api.dataset import Augment, Decontaminate, Split, Step
 from lepton.api.inferenceservice import ALL_PROTOCOLS, Protocol, ServeTask
 from lepton.api.trainingjob import DistillationSpec, Hyperparameters, Task
@@ -50,6 +51,7 @@ class TrainerConfig(ApiModel):
     distillation: DistillationSpec | None = Field(default=None, description="Teacher settings.")
     teacher_path: str | None = Field(default=None, description="Resolved teacher model directory.")
     quantization: Literal["none", "dynamic-int8"] = Field(default="none", description="Export quantization.")
+    lineage: Lineage | None = Field(default=None, description="What the model is built from, for its metadata.")
     metrics_port: int = Field(default=METRICS_PORT, description="Prometheus and /progress port (0: off).")
     metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port binds.")
     termination_log: str | None = Field(

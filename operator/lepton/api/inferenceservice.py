@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from lepton.api.base import ApiModel, Int, Rule, ordered
-from lepton.api.common import CommonStatus, EnvVar, ModelSource, Resources, Scheduling
+from lepton.api.common import CommonStatus, EnvVar, Lineage, ModelSource, Resources, Scheduling
 
 ServeTask = Literal["causal-lm", "sequence-classification", "embeddings"]
 Protocol = Literal["v2", "openai"]
@@ -172,4 +172,10 @@ class InferenceServiceStatus(CommonStatus):
     url: str | None = Field(default=None, description="In-cluster URL of the service.")
     model: str | None = Field(default=None, description="Resolved location of the served model.")
     canary_model: str | None = Field(default=None, description="Resolved location of the canary model.")
+    lineage: Lineage | None = Field(
+        default=None,
+        description="Where the served (primary) model comes from, end to end: the data version it was trained on, "
+        "the study and trial, the job that wrote it; the server's model metadata carries the same.",
+    )
+
     traffic: TrafficSplit | None = Field(default=None, description="The traffic split in force.")

@@ -12,6 +12,7 @@ from lepton.api.common import (
     DatasetRef,
     EnvVar,
     JobLifecycle,
+    Lineage,
     ModelSource,
     PvcPath,
     Resources,
@@ -253,6 +254,11 @@ class TrainingJobStatus(CommonStatus):
     output_model: str | None = Field(default=None, description="Location of the final model once written.")
     dataset_version: str | None = Field(
         default=None, description="Version of the referenced Dataset the job trains on, recorded when it starts."
+    )
+    lineage: Lineage | None = Field(
+        default=None,
+        description="What the model is built from: the data version, the study and trial its starting model came "
+        "from, and that model; recorded once its references resolve.",
     )
     evaluations: list[Evaluation] = Field(
         default_factory=list, max_length=20, description="The latest evaluations (evalEverySteps), oldest first."

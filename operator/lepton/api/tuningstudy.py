@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from lepton.api.base import INT32_MAX, UINT32_MAX, ApiModel, Int, Rule, exactly_one, immutable, ordered
-from lepton.api.common import CommonStatus, LocalObjectReference, PvcPath, Scheduling, SecretKeyRef
+from lepton.api.common import CommonStatus, Lineage, LocalObjectReference, PvcPath, Scheduling, SecretKeyRef
 from lepton.api.trainingjob import Hyperparameters, TrainingJobSpec
 
 # What a parameter may set in each trial's TrainingJob: a hyperparameter, or the gang's size.
@@ -349,6 +349,9 @@ class TuningStudyStatus(CommonStatus):
     )
     dataset_version: str | None = Field(
         default=None, description="Version of the referenced Dataset every trial trains on, pinned at the start."
+    )
+    lineage: Lineage | None = Field(
+        default=None, description="What every trial is built from: the data version and the model trials start from."
     )
     tuner: str | None = Field(default=None, description="The tuner pod holding the Optuna study.")
     start_time: str | None = Field(default=None, description="When the study started.")

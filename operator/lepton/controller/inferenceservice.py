@@ -93,7 +93,7 @@ class InferenceServiceBinding(Binding[InferenceService]):
         rendered = render(
             resource,
             ServeSettings(self.server_image, self._gateway, bool(self._monitoring)),
-            ServeResolved(model_uri=uris.get("model"), canary_uri=uris.get("canary")),
+            ServeResolved(model_uri=uris.get("model"), canary_uri=uris.get("canary"), lineage=resolution.lineage),
             current_primary=primary.spec_replicas if primary is not None and autoscaled else None,
             network=self.network,
         )

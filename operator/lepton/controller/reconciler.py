@@ -41,7 +41,7 @@ from lepton.status.clock import rfc3339, ttl_remaining
 from lepton.status.events import common_events
 from lepton.status.lifecycle import invalid_spec, is_kernel_stall, kernel_stall, recovered
 from lepton.status.plan import ChildKey, EventNote, Observed, Plan
-from lepton.status.references import Resolution, references, resolve
+from lepton.status.references import Resolution, references, resolve, with_lineage
 
 Key = tuple[str, str]  # (namespace, name)
 R = TypeVar("R", bound=Resource)
@@ -245,7 +245,7 @@ class Reconciler(Generic[R]):
         await self.binding.prepare(self.client)
         resolution = await self._resolve(state, resource, observed)
         plan: Plan = self.binding.plan(resource, observed, resolution, _now(), extra)  # type: ignore[arg-type]
-        status = plan.status
+        status = planned = with_lineage(plan.status, resolution)
         try:
             pruned = [c.kind for c in (*self.binding.children, *self.binding.fetched) if c.pruned]
             await converge(self.client, str(meta.get("uid") or ""), plan, observed.children, pruned=pruned,
@@ -255,11 +255,11 @@ class Reconciler(Generic[R]):
             status = kernel_stall(resource.status, int(meta.get("generation") or 0), reason, str(exc), _stamp())
         else:
             status, state.stalls = recovered(status, _stamp()), 0
-        events = list(plan.events) if status is plan.status else common_events(resource.status, status)
+        events = list(plan.events) if status is planned else common_events(resource.status, status)
         await self._write_status(body, resource.status, status, events)
         state.written = status.to_wire()
         self.metrics.observe(self.kind, body, resource.status, status)
-        if status is not plan.status and is_kernel_stall(status):
+        if status is not planned and is_kernel_stall(status):
             # What stalls it may go away without an event of ours (a user deletes the object holding the
             # name, an admin creates a PriorityClass): look again, less and less often.
             state.stalls += 1
@@ -269,7 +269,7 @@ class Reconciler(Generic[R]):
     async def _resolve(self, state: _State, resource: Resource, observed: Observed) -> Resolution:
         refs = references(resource)
         if not refs:
-            return Resolution()
+            return resolve(resource, {})  # nothing to fetch: the lineage of what it names directly
         if (
             state.resolution is not None
             and state.resolution.ready

@@ -80,7 +80,7 @@ class TrainingJobBinding(Binding[TrainingJob]):
             uris = resolution.uris
             resolved = Resolved(model_uri=uris.get("model"), data_uri=uris.get("data"),
                                 dataset_version=resolution.dataset_version, teacher_uri=uris.get("teacher"),
-                                extra_env={PROGRESS_TOKEN_ENV: token})  # fmt: skip
+                                extra_env={PROGRESS_TOKEN_ENV: token}, lineage=resolution.lineage)  # fmt: skip
             children += [c for c in render(resource, decision.attempt, settings, resolved)
                          if c["kind"] == "PodGroup" or c["metadata"]["name"] in decision.keep]  # fmt: skip
         status = decision.status

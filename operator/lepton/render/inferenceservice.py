@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lepton.api.common import Lineage
 from lepton.api.constants import Label
 from lepton.api.contract import SERVER_CONFIG_ENV, SERVER_PORT, ServerConfig
 from lepton.api.inferenceservice import TrafficMode
@@ -66,6 +67,7 @@ class ServeResolved:
 
     model_uri: str | None = None
     canary_uri: str | None = None
+    lineage: Lineage | None = None  # of the primary model: into the server's model metadata
 
 
 def deployment_name(svc: InferenceService, role: Role) -> str:
@@ -116,14 +118,21 @@ def effective_primary(svc: InferenceService, mode: TrafficMode | None, wanted: i
     return wanted
 
 
-def server_config(svc: InferenceService, role: Role, model_path: str) -> ServerConfig:
+def server_config(
+    svc: InferenceService, role: Role, model_path: str, lineage_of: Lineage | None = None
+) -> ServerConfig:
     spec, runtime = svc.spec, svc.spec.runtime
     device = runtime.device if runtime.device != "auto" else ("cuda" if spec.gpus else "cpu")
     source = spec.canary.model if role == "canary" and spec.canary else spec.model
-    lineage = {"inferenceService": f"{svc.metadata.namespace or 'default'}/{svc.metadata.name}", "role": role}
+    lineage: dict[str, str] = {
+        "inferenceService": f"{svc.metadata.namespace or 'default'}/{svc.metadata.name}",
+        "role": role,
+    }
     for key, ref in (("trainingJob", source.training_job), ("tuningStudy", source.tuning_study)):
         if ref is not None:
             lineage[key] = ref.name
+    if lineage_of is not None and role == "primary":  # the chain its references recorded, as strings
+        lineage |= {k: str(v) for k, v in lineage_of.to_wire().items()}
     return ServerConfig(
         name=svc.metadata.name,
         task=spec.task,
@@ -173,7 +182,7 @@ def render_deployment(
     """The Deployment of one role with `replicas` replicas."""
     spec, runtime = svc.spec, svc.spec.runtime
     mounts = Mounts()
-    config = server_config(svc, role, model_path(svc, role, resolved, mounts))
+    config = server_config(svc, role, model_path(svc, role, resolved, mounts), resolved.lineage)
     ours = [{"name": SERVER_CONFIG_ENV, "value": json.dumps(config.to_wire(), sort_keys=True)}]
     source = spec.canary.model if role == "canary" and spec.canary else spec.model
     if source.hub is not None and source.hub.token_secret_ref is not None:

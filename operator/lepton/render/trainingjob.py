@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lepton.api.common import Lineage
 from lepton.api.constants import Label
 from lepton.api.contract import (
     METRICS_PORT,
@@ -72,6 +73,7 @@ class Resolved:
     dataset_version: str | None = None  # the Dataset version data_uri points at
     teacher_uri: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    lineage: Lineage | None = None  # what the model is built from: the trainer writes it into the model's metadata
 
 
 def rendezvous_id(uid: str, attempt: int) -> str:
@@ -151,6 +153,7 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> Trai
         teacher_path=_teacher_path(job, resolved, mounts),
         quantization=spec.export.quantization,
         termination_log=TERMINATION_LOG,
+        lineage=resolved.lineage,
     )
 
 

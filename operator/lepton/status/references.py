@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from lepton.api.common import DatasetRef, ModelSource
+from lepton.api.common import CommonStatus, DatasetRef, Lineage, ModelSource
 from lepton.api.conditions import ConditionType
 from lepton.api.constants import Phase
 from lepton.api.kinds import Dataset, InferenceService, Resource, TrainingJob, TuningStudy
@@ -23,6 +23,7 @@ class Resolution:
     waiting: list[str] = field(default_factory=list)  # why not yet, one line per reference
     dataset_version: str | None = None  # the version of the referenced Dataset that "data" points at
     warm_start: list[WarmTrial] = field(default_factory=list)  # a TuningStudy's fromStudy: its top trials
+    lineage: Lineage | None = None  # what the resource builds on (or serves), once every reference resolved
 
     @property
     def ready(self) -> bool:
@@ -144,7 +145,51 @@ def resolve(resource: Resource, found: Mapping[Ref, Mapping[str, Any] | None]) -
         warm, why = _warm_start(other, found.get(("TuningStudy", other)))
         if why:
             waiting.append(why)
-    return Resolution(uris, waiting, version, warm)
+    lineage = None if waiting else lineage_of(resource, found, uris.get("model"), version)
+    return Resolution(uris, waiting, version, warm, lineage)
+
+
+def _lineage_in(obj: Mapping[str, Any] | None) -> Lineage:
+    try:
+        return Lineage.model_validate(((obj or {}).get("status") or {}).get("lineage") or {})
+    except ValueError:  # written by another version of the operator: start the chain here
+        return Lineage()
+
+
+def lineage_of(resource: Resource, found: Mapping[Ref, Mapping[str, Any] | None], model: str | None,
+               dataset_version: str | None) -> Lineage | None:  # fmt: skip
+    """The lineage of what `resource` trains (TrainingJob, TuningStudy's trials) or serves (its primary
+    model), from its own spec and the lineage its references recorded. None for other kinds."""
+    sources = model_sources(resource)
+    if not sources or isinstance(resource, Dataset):
+        return None
+    source = sources[0][1]
+    refs = _model_refs(source)
+    upstream = found.get(refs[0]) if refs else None
+    trial = ((upstream or {}).get("status") or {}).get("bestTrial") or {}
+    if isinstance(resource, InferenceService):  # what it serves: the chain its model's producer recorded
+        if refs and refs[0][0] == "TrainingJob":
+            return _lineage_in(upstream).model_copy(update={"training_job": refs[0][1]})
+        if refs:  # a study's best trial: the study's data, the trial's TrainingJob
+            update = {
+                "tuning_study": refs[0][1],
+                "trial": trial.get("number"),
+                "training_job": trial.get("trainingJob"),
+            }
+            return _lineage_in(upstream).model_copy(update=update)
+        return Lineage(base_model=source_location(source) if source else None)
+    ref = dataset_ref(resource)
+    pinned = resource.status.dataset_version if isinstance(resource, TrainingJob | TuningStudy) else None
+    lineage = Lineage(
+        dataset=ref.name if ref else None,
+        dataset_version=(pinned or dataset_version) if ref else None,
+        base_model=model or (source_location(source) if source else None),
+    )
+    if isinstance(resource, TrainingJob):
+        lineage = lineage.model_copy(update={"training_job": resource.metadata.name})
+    if refs and refs[0][0] == "TuningStudy":
+        lineage = lineage.model_copy(update={"tuning_study": refs[0][1], "trial": trial.get("number")})
+    return lineage
 
 
 def _warm_start(name: str, obj: Mapping[str, Any] | None) -> tuple[list[WarmTrial], str]:
@@ -165,3 +210,16 @@ def _warm_start(name: str, obj: Mapping[str, Any] | None) -> tuple[list[WarmTria
         if values and isinstance(params, dict):
             warm.append(WarmTrial(parameters={str(k): str(v) for k, v in params.items()}, values=values))
     return warm, ""
+
+
+S = TypeVar("S", bound=CommonStatus)
+
+
+def with_lineage(status: S, resolution: Resolution) -> S:
+    """`status` with the lineage its references resolved to; a status whose kind records none, or a
+    resolution still waiting, leaves it as it is (what it built on so far stays shown)."""
+    if resolution.lineage is None or "lineage" not in type(status).model_fields:
+        return status
+    if getattr(status, "lineage", None) == resolution.lineage:
+        return status
+    return status.model_copy(update={"lineage": resolution.lineage})

@@ -66,7 +66,7 @@ async def model_metadata(request: web.Request) -> web.Response:
         "task": c.task,
         "role": c.role,
         "ready": state.ready,
-        "metadata": dict(c.metadata),
+        "metadata": dict(state.metadata),
         "parameters": {
             "maxBatchSize": c.max_batch_size,
             "maxInputTokens": state.service.input_limit if state.service else c.max_input_tokens,

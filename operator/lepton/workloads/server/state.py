@@ -3,8 +3,10 @@ lifecycle flags (loading → ready → draining) that the health routes report."
 
 from __future__ import annotations
 
+import json
 import time
 from importlib import metadata
+from pathlib import Path
 
 from aiohttp import web
 
@@ -28,6 +30,8 @@ class State:
         self.draining = False
         self.inflight = 0
         self.last_arrival = time.monotonic()
+        # What the model's own metadata says it was built from; what the operator resolved wins.
+        self.metadata = artifact_lineage(config.model_path) | dict(config.metadata)
 
     @property
     def ready(self) -> bool:
@@ -47,6 +51,19 @@ class State:
         if name != self.config.name:
             raise ApiError(404, f"model {name[:128]!r} not found; this server serves {self.config.name!r}",
                            param="model")  # fmt: skip
+
+
+def artifact_lineage(model_path: str) -> dict[str, str]:
+    """The lineage the trainer wrote beside the model (lepton-training.json), as strings; {} for a model
+    that has none (a hub id, a model trained elsewhere)."""
+    try:
+        meta = json.loads((Path(model_path) / "lepton-training.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    lineage = meta.get("lineage") if isinstance(meta, dict) else None
+    if not isinstance(lineage, dict):
+        return {}
+    return {str(k): str(v) for k, v in lineage.items() if isinstance(v, str | int | float) and not isinstance(v, bool)}
 
 
 STATE = web.AppKey("state", State)

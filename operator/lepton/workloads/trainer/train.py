@@ -403,6 +403,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
                 "train_rows": len(train), "data": cfg.data.to_wire(),
                 "hyperparameters": hp.to_wire(), "source_model": cfg.model_path,
                 "distillation": cfg.distillation.to_wire() if cfg.distillation else None,
+                "lineage": cfg.lineage.to_wire() if cfg.lineage else None,
                 "int8_layers": quantized, "train_seconds": train_seconds, "checkpoint_seconds": ckpt_seconds,
                 "samples_per_second": trained / max(train_seconds, 1e-9)}  # fmt: skip
         (out / "lepton-training.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
