@@ -114,7 +114,7 @@ def test_validate_reports_a_binary_file_and_goes_on(tmp_path: Path, capsys: pyte
 def test_validate_searches_directories_recursively_and_counts(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "-f", str(EXAMPLES)]) == 1  # examples/invalid/ is in it
     out, err = capsys.readouterr()
-    valid = sorted({*EXAMPLES.glob("*.yaml"), *EXAMPLES.glob("quickstart/*.yaml")})
+    valid = sorted({*EXAMPLES.glob("*.yaml"), *EXAMPLES.glob("quickstart/*.yaml"), *EXAMPLES.glob("pipeline/*.yaml")})
     invalid = sorted(EXAMPLES.glob("invalid/*.yaml"))
     assert f"{EXAMPLES}/quickstart/trainingjob.yaml: TrainingJob 'quickstart' is valid" in out
     assert f"{EXAMPLES}/invalid/trainingjob-zero-nodes.yaml: TrainingJob " in err
@@ -136,11 +136,10 @@ def test_validate_expands_a_list(tmp_path: Path, capsys: pytest.CaptureFixture[s
 INVALID = sorted(EXAMPLES.glob("invalid/*.yaml"))
 
 
-def test_run_takes_one_resource(capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_of_a_folder_checks_every_resource_before_running_any(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "-f", str(EXAMPLES / "invalid")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"leptonctl run: expected one resource in {EXAMPLES / 'invalid'}, found {len(INVALID)} (")
-    assert err.count("\n") == 1
+    assert err.startswith(f"leptonctl run: {INVALID[0]} (") and "is invalid:" in err.splitlines()[0]
 
 
 def test_run_says_in_one_line_what_a_study_cannot_do_here(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

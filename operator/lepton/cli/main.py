@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 succeeded or already finished, 1 the workload failed, 2 the manifest cannot run here, "
         "130 interrupted.",
     )
-    p.add_argument("-f", "--filename", type=Path, required=True, help="manifest with one resource (a TrainingJob)")
+    p.add_argument("-f", "--filename", type=Path, required=True,
+                   help="a manifest; a folder or a file of several resources runs each after what it references "
+                   "(a server then answers one sample request and stops)")  # fmt: skip
     p.add_argument("--runs-dir", type=Path, default=Path(".lepton/runs"), help="where run directories go")
     p.add_argument(
         "--fresh",
@@ -95,36 +96,43 @@ def _operator(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from lepton.api.validation import ManifestError, parse
     from lepton.local import BACKENDS, LocalRunError, RunOptions, run
+    from lepton.local.pipeline import run_pipeline
 
     def fail(message: object) -> int:
         print(f"leptonctl run: {message}", file=sys.stderr)
         return 2
 
+    files = manifests.yaml_files(args.filename)
     try:
-        docs = list(manifests.load_documents(args.filename))
+        docs = [(path, doc) for path in files for doc in manifests.read_documents(path)]
     except manifests.ManifestReadError as exc:
         return fail(exc)
-    if len(docs) != 1:
-        kinds = Counter(str(d.get("kind")) for d in docs)
-        found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-        return fail(f"expected one resource in {args.filename}, found {len(docs)} ({found})")
-    try:
-        resource = parse(docs[0])
-    except ManifestError as exc:
-        return fail(f"{args.filename}: {exc}")
-    backend = BACKENDS.get(resource.kind)
-    if backend is None:
-        print(f"leptonctl run does not run {resource.kind} yet (it runs {', '.join(BACKENDS)}); "
-              "on a cluster: kubectl apply -f", file=sys.stderr)  # fmt: skip
-        return 2
+    if not docs:
+        return fail(
+            f"no manifests found in {args.filename}" if args.filename.is_dir() else f"no resource in {args.filename}"
+        )
+    resources = []
+    for path, doc in docs:
+        name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+        where = str(path) if len(docs) == 1 else f"{path} ({doc.get('kind')} {name!r})"
+        try:
+            resources.append(parse(doc))
+        except ManifestError as exc:
+            return fail(f"{where}: {exc}")
+    for resource in resources:
+        if resource.kind not in BACKENDS:
+            print(f"leptonctl run does not run {resource.kind} yet (it runs {', '.join(BACKENDS)}); "
+                  "on a cluster: kubectl apply -f", file=sys.stderr)  # fmt: skip
+            return 2
 
     def echo(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    options = RunOptions(args.runs_dir, echo, tty=sys.stderr.isatty(), fresh=args.fresh)
     try:
-        return run(
-            backend(resource, args.runs_dir), RunOptions(args.runs_dir, echo, tty=sys.stderr.isatty(), fresh=args.fresh)
-        )
+        if len(resources) > 1:
+            return run_pipeline(resources, BACKENDS, options)
+        return run(BACKENDS[resources[0].kind](resources[0], args.runs_dir), options)
     except LocalRunError as exc:
         return fail(exc)
 

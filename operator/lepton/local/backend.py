@@ -104,6 +104,11 @@ class LocalBackend(ABC, Generic[R]):
     def interrupted(self) -> str:
         return "interrupted"
 
+    def probe(self, processes: list[LocalProcess]) -> str:
+        """A server's sample request, sent once it is ready: the line that tells what it answered
+        (LocalRunError when it did not answer well)."""
+        raise NotImplementedError
+
     def drive(self, run_dir: Path, options: RunOptions) -> int:
         """A backend whose processes start over time (a study's trials) runs its own loop; same exit codes."""
         raise NotImplementedError
@@ -116,6 +121,7 @@ class RunOptions:
     tty: bool = False
     fresh: bool = False
     poll_seconds: float = 0.5
+    serve_once: bool = False  # a server: send its sample request once it is ready, print the answer, stop
     failure_grace_seconds: float = 30.0  # the others' time to end on their own once one failed
 
 
@@ -152,6 +158,8 @@ def run(backend: LocalBackend[Any], options: RunOptions) -> int:
                     p.proc = subprocess.Popen(p.argv, env={**os.environ, **p.env}, stdout=fh,
                                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
             _watch(processes, options, lambda: backend.serving(processes) if backend.serves else "")
+            if backend.serves and options.serve_once and all(p.code is None for p in processes):
+                return _probe_and_stop(backend, processes, run_dir, options)
         except KeyboardInterrupt:
             _end_line(options)
             echo(f"interrupted: stopping {len(processes)} process(es) (Ctrl-C again to kill them)")
@@ -166,6 +174,20 @@ def run(backend: LocalBackend[Any], options: RunOptions) -> int:
         return EXIT_FAILED
     echo(backend.succeeded(run_dir))
     return 0
+
+
+def _probe_and_stop(backend: LocalBackend[Any], processes: list[LocalProcess], run_dir: Path,
+                    options: RunOptions) -> int:  # fmt: skip
+    """serve_once: the sample request, its answer, then the servers stop as after a Ctrl-C."""
+    try:
+        options.echo(backend.probe(processes))
+        code = 0
+    except LocalRunError as exc:
+        options.echo(f"failed: {exc}")
+        code = EXIT_FAILED
+    stop(processes, options.echo)
+    options.echo(backend.succeeded(run_dir))
+    return code
 
 
 def _run_dir(root: Path, name: str) -> Path:
@@ -218,8 +240,11 @@ def _watch(processes: list[LocalProcess], options: RunOptions, serving: Callable
             stopping = True
         if servers:
             if not announced and all(is_ready(str(p.ready_url)) for p in servers):
-                options.echo(serving())
                 announced = True
+                if options.serve_once:
+                    options.echo("ready on " + ", ".join(str(p.ready_url) for p in servers))
+                    return
+                options.echo(serving())
             time.sleep(options.poll_seconds)
             continue
         report = read_progress(reporter.progress_port) if reporter and reporter.progress_port else None

@@ -14,14 +14,19 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from lepton.api.common import ModelSource
 from lepton.api.contract import SERVER_CONFIG_ENV, SERVER_PORT
 from lepton.api.kinds import InferenceService
 from lepton.local.backend import LocalBackend, LocalProcess, LocalRunError, free_port
-from lepton.local.trainingjob import METADATA
+from lepton.local.results import upstream_model
 from lepton.render.inferenceservice import ServeResolved, ServeSettings, render
+from lepton.status.references import lineage_of
 
 
 def _port_free(port: int) -> bool:
@@ -33,28 +38,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def trained_model(runs_root: Path, job: str) -> Path:
-    """The output of the latest local run of TrainingJob `job` that finished (its model is there)."""
-    found: list[tuple[float, Path]] = []
-    for manifest in runs_root.glob("*/trainingjob.json") if runs_root.is_dir() else []:
-        try:
-            doc = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            continue
-        if (doc.get("metadata") or {}).get("name") != job:
-            continue
-        uri = ((doc.get("spec") or {}).get("output") or {}).get("uri")
-        out = Path(str(uri).removeprefix("file://")) if uri else None
-        if out is not None and (out / METADATA).is_file():
-            found.append((manifest.stat().st_mtime, out))
-    if not found:
-        raise LocalRunError(
-            f"the model comes from TrainingJob {job!r}, and no local run of it under {runs_root} has finished: "
-            f"run it first (leptonctl run -f <its manifest>), or set model.uri to a model directory"
-        )
-    return max(found)[1]
-
-
 class InferenceServiceBackend(LocalBackend[InferenceService]):
     kind = "InferenceService"
     serves = True
@@ -64,25 +47,24 @@ class InferenceServiceBackend(LocalBackend[InferenceService]):
             raise LocalRunError("spec.suspend is true: a suspended InferenceService serves nothing")
         for role, source in (("model", svc.spec.model), ("canary.model", svc.spec.canary.model if svc.spec.canary
                                                                           else None)):  # fmt: skip
-            if source is not None and (source.pvc is not None or source.tuning_study is not None):
-                what = "a PVC" if source.pvc is not None else "a TuningStudy"
-                raise LocalRunError(f"locally, {role} cannot come from {what}: use uri (a local directory), a "
-                                    "hub id or a TrainingJob run locally")  # fmt: skip
+            if source is not None and source.pvc is not None:
+                raise LocalRunError(f"locally, {role} cannot come from a PVC: use uri (a local directory), a "
+                                    "hub id, or a TrainingJob or TuningStudy run locally")  # fmt: skip
         meta = {"uid": svc.metadata.uid or "local", "namespace": svc.metadata.namespace or "default"}
         super().__init__(svc.model_copy(update={"metadata": svc.metadata.model_copy(update=meta)}), runs_root)
         self.urls: list[str] = []
         self.sources: list[str] = []  # models that came from a TrainingJob's local run
 
     def _resolve(self, source: ModelSource | None, runs_root: Path) -> str | None:
-        if source is None or source.training_job is None:
-            return None
-        return str(trained_model(runs_root, source.training_job.name))
+        return upstream_model(runs_root, source)[0] if source is not None else None
 
     def processes(self, run_dir: Path) -> list[LocalProcess]:
         spec = self.resource.spec
+        model_uri, found = upstream_model(run_dir.parent, spec.model)
         resolved = ServeResolved(
-            model_uri=self._resolve(spec.model, run_dir.parent),
+            model_uri=model_uri,
             canary_uri=self._resolve(spec.canary.model if spec.canary else None, run_dir.parent),
+            lineage=lineage_of(self.resource, found, model_uri, None),
         )
         self.sources = [f"{role} {uri}" for role, uri in (("model from", resolved.model_uri),
                                                             ("canary from", resolved.canary_uri)) if uri]  # fmt: skip
@@ -113,16 +95,35 @@ class InferenceServiceBackend(LocalBackend[InferenceService]):
         extra = f" ({'; '.join(notes)})" if notes else ""
         return f"starting the server for {self.resource.metadata.name!r}{extra}; loading the model…"
 
-    def serving(self, processes: list[LocalProcess]) -> str:
+    def _sample(self) -> tuple[str, dict[str, Any]]:
+        """The route and body of a request this service answers (its task and protocols)."""
         spec, name = self.resource.spec, self.resource.metadata.name
-        base = processes[0].ready_url
         if spec.task == "causal-lm" and "openai" in spec.protocols:
-            route, body = "v1/completions", {"model": name, "prompt": "hello", "max_tokens": 16}
+            return "v1/completions", {"model": name, "prompt": "hello", "max_tokens": 16}
+        return f"v2/models/{name}/infer", {
+            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]
+        }
+
+    def probe(self, processes: list[LocalProcess]) -> str:
+        base, name = processes[0].ready_url, self.resource.metadata.name
+        route, body = self._sample()
+        started = time.monotonic()
+        answer = _post(f"{base}/{route}", body)
+        took = time.monotonic() - started
+        if "choices" in answer:
+            said = str((answer["choices"] or [{}])[0].get("text", ""))
         else:
-            route = f"v2/models/{name}/infer"
-            body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]}
+            said = json.dumps((answer.get("outputs") or [{}])[0].get("data"))[:120]
+        meta = _get(f"{base}/v2/models/{name}").get("metadata") or {}
+        lineage = ", ".join(f"{k}={meta[k]}" for k in LINEAGE_KEYS if k in meta)
+        return (f"asked POST /{route} {json.dumps(body)}: answered in {took:.2f}s: {said!r}\n"
+                f"model {name!r} metadata: {lineage or 'no lineage recorded'}")  # fmt: skip
+
+    def serving(self, processes: list[LocalProcess]) -> str:
+        base = processes[0].ready_url
+        route, body = self._sample()
         return (
-            f"serving {name!r} on {base} (Ctrl-C to stop). Try:\n  curl -s {base}/{route} "
+            f"serving {self.resource.metadata.name!r} on {base} (Ctrl-C to stop). Try:\n  curl -s {base}/{route} "
             f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'"
         )
 
@@ -131,3 +132,32 @@ class InferenceServiceBackend(LocalBackend[InferenceService]):
 
     def interrupted(self) -> str:
         return "stopped serving"
+
+
+LINEAGE_KEYS = ("dataset", "datasetVersion", "tuningStudy", "trial", "trainingJob", "baseModel")
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    return _answer(request)
+
+
+def _get(url: str) -> dict[str, Any]:
+    return _answer(urllib.request.Request(url))
+
+
+def _answer(request: urllib.request.Request) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(request, timeout=60) as rsp:
+            answer = json.loads(rsp.read())
+    except urllib.error.HTTPError as exc:
+        why = " ".join(exc.read().decode(errors="replace").split())[:300]
+        raise LocalRunError(f"{request.get_method()} {request.full_url} answered {exc.code}: {why}") from None
+    except (OSError, ValueError) as exc:
+        raise LocalRunError(f"{request.get_method()} {request.full_url} failed: {exc}") from None
+    if not isinstance(answer, dict):
+        raise LocalRunError(
+            f"{request.get_method()} {request.full_url} answered {type(answer).__name__}, not an object"
+        )
+    return answer

@@ -22,11 +22,12 @@ from lepton.api.contract import TRAINER_CONFIG_ENV, TrainerConfig
 from lepton.api.kinds import TrainingJob
 from lepton.local.backend import LocalBackend, LocalProcess, LocalRunError, free_port
 from lepton.local.dataset import published_dataset
+from lepton.local.results import METADATA, upstream_model
 from lepton.render.trainingjob import RenderSettings, Resolved, render
+from lepton.status.references import lineage_of
 
-__all__ = ["TrainingJobBackend", "free_port"]
+__all__ = ["METADATA", "TrainingJobBackend", "free_port"]
 
-METADATA = "lepton-training.json"  # written by the trainer last, beside the model
 TRAIN_LOG = "train_log.jsonl"  # the trainer appends one line a step
 COMPLETE = "COMPLETE"  # the trainer's mark of a checkpoint written in full (workloads/trainer/checkpoint.py)
 PORT_STRIDE = 100  # between the metrics ports of two local "pods" (each rank adds its local rank)
@@ -43,18 +44,22 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
         spec = job.spec
         if spec.gpus_per_node:
             raise LocalRunError("gpusPerNode > 0: the local backend runs on CPU; set gpusPerNode: 0 (backend gloo)")
-        if spec.model.hub is None and spec.model.uri is None:
-            raise LocalRunError("locally, model must be a uri (a local directory) or a hub id")
+        if spec.model.pvc is not None:
+            raise LocalRunError("locally, model must be a uri (a local directory), a hub id, or a TrainingJob or "
+                                "TuningStudy run locally")  # fmt: skip
         if spec.data.uri is None and spec.data.dataset_ref is None:
             raise LocalRunError("locally, data must be a uri (a local file or directory) or a datasetRef")
         if spec.suspend:
             raise LocalRunError("spec.suspend is true: a suspended TrainingJob runs no pod")
         super().__init__(job.model_copy(update={"metadata": job.metadata.model_copy(
             update={"uid": job.metadata.uid or "local"})}), runs_root)  # fmt: skip
-        resolved = Resolved()
+        model_uri, found = upstream_model(runs_root, spec.model)  # a best trial's or another job's model
+        data_uri = version = None
         if (ref := spec.data.dataset_ref) is not None:  # the version its latest local preparation published
             directory, version = published_dataset(runs_root, ref.name, ref.version)
-            resolved = Resolved(data_uri=str(directory / ref.split), dataset_version=version)
+            data_uri = str(directory / ref.split)
+        lineage = lineage_of(self.resource, found, model_uri, version)
+        resolved = Resolved(model_uri=model_uri, data_uri=data_uri, dataset_version=version, lineage=lineage)
         self.pods = [c for c in render(self.resource, 0, RenderSettings(), resolved) if c["kind"] == "Pod"]
         (container,) = self.pods[0]["spec"]["containers"]
         self.config = TrainerConfig.model_validate_json(_env(container)[TRAINER_CONFIG_ENV])

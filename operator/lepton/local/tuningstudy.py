@@ -30,7 +30,7 @@ from lepton.api.contract import ProgressReport
 from lepton.api.kinds import API_VERSION, TuningStudy
 from lepton.api.trials import parameter_text
 from lepton.api.tuner import JOURNAL_FILE, TUNER_CONFIG_ENV, SyncReply, TrialInfo
-from lepton.api.tuningstudy import trial_name
+from lepton.api.tuningstudy import TuningStudyStatus, trial_name
 from lepton.local.backend import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -46,10 +46,12 @@ from lepton.local.backend import (
     stop,
 )
 from lepton.local.dataset import published_dataset
+from lepton.local.results import STUDY_STATUS, study_dir
 from lepton.local.trainingjob import METADATA, TrainingJobBackend
 from lepton.render.trials import trial_job
 from lepton.render.tuningstudy import tuner_config
 from lepton.status.progress import evaluations_from, summary_metrics
+from lepton.status.references import lineage_of
 from lepton.status.tuningstudy import RunView, TunerView, decide, sync_request
 
 LOOP_SECONDS = 1.0
@@ -140,7 +142,7 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
             raise LocalRunError("locally, trialTemplate.trainingJob.output must be a uri (a local directory)")
         meta = study.metadata.model_copy(update={"uid": study.metadata.uid or "local", "namespace": "local"})
         super().__init__(study.model_copy(update={"metadata": meta}), runs_root)
-        self.journal = runs_root / f"{study.metadata.name}.study"
+        self.journal = study_dir(runs_root, study.metadata.name)
         TrainingJobBackend(trial_job(self.resource, 0, {}), runs_root)  # what a trial cannot do here, in its words
         self.version: str | None = None
         if (ref := template.data.dataset_ref) is not None:  # pinned for every trial, as on a cluster
@@ -259,9 +261,30 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
             if decision.status.phase in TERMINAL_PHASES:
                 for run in runs.values():
                     stop(run.processes, options.echo)
-                table.finish(decision.status, reply)
-                return 0 if decision.status.phase == Phase.SUCCEEDED else EXIT_FAILED
+                status = self._with_best_model(decision.status)
+                self._record(status)
+                table.finish(status, reply)
+                return 0 if status.phase == Phase.SUCCEEDED else EXIT_FAILED
             _pause(runs)
+
+    def _with_best_model(self, status: TuningStudyStatus) -> TuningStudyStatus:
+        """A best trial trained by an earlier run of this study (a finished study run again sees no run of
+        it) has its model where its trial's output is: the status names it, as the cluster's does."""
+        best = status.best_trial
+        if best is None or best.model:
+            return status
+        output = TrainingJobBackend(trial_job(self.resource, best.number, {}), self.runs_root).output
+        if not (output / METADATA).is_file():
+            return status
+        best = best.model_copy(update={"model": str(output), "training_job": best.training_job or output.name})
+        return status.model_copy(update={"best_trial": best})
+
+    def _record(self, status: TuningStudyStatus) -> None:
+        """The study's final status beside its journal, with its lineage: what a TrainingJob or an
+        InferenceService naming this study (model.tuningStudy) resolves its best trial from."""
+        lineage = lineage_of(self.resource, {}, None, self.version)
+        body = status.model_copy(update={"lineage": lineage}).to_wire()
+        (self.journal / STUDY_STATUS).write_text(json.dumps(body, indent=2))
 
     def _start(self, number: int, parameters: Any, retry: int, run_dir: Path) -> LocalRun:
         job = trial_job(self.resource, number, parameters, retry=retry, dataset_version=self.version)
