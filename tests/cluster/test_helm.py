@@ -54,7 +54,8 @@ def test_helm_lint(dev_cluster: DevCluster) -> None:
         ("namespaced", ["--set", "rbac.scope=namespaced", "--set", "watchNamespaces={team-a,team-b}"]),
         ("servicemonitor", ["--set", "metrics.serviceMonitor.enabled=true", "--set", "workloadImages.trainer=t:1",
                             "--set", "networkPolicy.prometheusNamespace=monitoring",
-                            "--set", "metrics.prometheusRule.enabled=true"]),
+                            "--set", "metrics.prometheusRule.enabled=true",
+                            "--set", "metrics.grafanaDashboard.enabled=true"]),
     ],
 )  # fmt: skip
 def test_helm_template_matches_golden(dev_cluster: DevCluster, golden: str, values: list[str]) -> None:
