@@ -2,12 +2,13 @@
 
 kwok runs no container, so a pod's program is run here instead, as a real process bound to the IP kwok
 gave the pod: pods on the loopback node get their IPs from its podCIDR, 127.77.0.0/24, which is
-loopback on Linux, so the operator reaches a real tuner and real trainers at `http://<podIP>:<port>`
-exactly as it would in a cluster. The process gets the pod's own environment (the operator's
-config and token), with only what this machine must change: the address it binds, and where the
-trainer's termination message goes. When the process ends, the pod is finished with the fake runtime
-(`lepton.ai/fake-outcome`, and the real termination message as `lepton.ai/fake-message`); when the
-operator deletes the pod, the process gets SIGTERM, as a kubelet would send it.
+loopback on Linux, so the operator reaches a real tuner, real trainers, a real data preparation and a
+real server at `http://<podIP>:<port>` exactly as it would in a cluster. The process gets the pod's own
+environment (the operator's config and token), with only what this machine must change: the address
+it binds, and where the termination message goes. When the process ends, the pod is finished with the
+fake runtime (`lepton.ai/fake-outcome`, and the real termination message as `lepton.ai/fake-message`);
+a pod with restartPolicy Always (the tuner, a server) gets its process started again instead. When
+the operator deletes the pod, the process gets SIGTERM, as a kubelet would send it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lepton.api.contract import TRAINER_CONFIG_ENV
+from lepton.api.contract import DATA_CONFIG_ENV, SERVER_CONFIG_ENV, TRAINER_CONFIG_ENV
 from lepton.api.tuner import STORAGE_URL_ENV, TUNER_CONFIG_ENV
 from lepton.local.trainingjob import free_port
 from tests.cluster.kube import Kube
@@ -64,6 +65,7 @@ class Running:
     proc: subprocess.Popen[bytes]
     message: Path | None
     log: Path
+    always: bool = False  # restartPolicy Always (a tuner, a server): the process is started again when it ends
     stopped: bool = False  # SIGTERM sent because the pod went away
 
 
@@ -128,12 +130,12 @@ class LoopbackRuntime:
                 run.proc.send_signal(signal.SIGTERM)  # the kubelet's stop: the trainer checkpoints
                 run.stopped = True
             code = run.proc.poll()
-            if code is not None and run.pod.endswith("-tuner") and pod is not None and not gone:
+            if code is not None and run.always and pod is not None and not gone:
                 self.started[uid] = self._start(pod, run.ip)  # restartPolicy Always
                 continue
             if code is not None and uid not in self.finished:
                 self.finished[uid] = code
-                if not gone and not run.pod.endswith("-tuner"):
+                if not gone and not run.always:
                     self._finish(run.pod, code, run)
         for uid, pod in pods.items():
             ip = (pod.get("status") or {}).get("podIP") or ""
@@ -151,7 +153,16 @@ class LoopbackRuntime:
         env = {**os.environ, **_env(container), "HOME": str(self.workdir), "PYTHONUNBUFFERED": "1"}
         log = self.workdir / f"{name}.log"
         message: Path | None = None
-        if TUNER_CONFIG_ENV in env:
+        if DATA_CONFIG_ENV in env:  # a Dataset's preparation
+            message = self.workdir / f"{name}.termination-log"
+            config = json.loads(env[DATA_CONFIG_ENV]) | {"metricsHost": ip, "terminationLog": str(message)}
+            env[DATA_CONFIG_ENV] = json.dumps(config)
+            argv = [sys.executable, *container["command"][1:]]
+        elif SERVER_CONFIG_ENV in env:  # an InferenceService replica
+            env[SERVER_CONFIG_ENV] = json.dumps(json.loads(env[SERVER_CONFIG_ENV]) | {"host": ip})
+            env["HF_HOME"] = str(self.workdir / "cache" / "hf")
+            argv = [sys.executable, *container["command"][1:]]
+        elif TUNER_CONFIG_ENV in env:
             config = json.loads(env[TUNER_CONFIG_ENV]) | {"host": ip}
             env[TUNER_CONFIG_ENV] = json.dumps(config)
             env[STORAGE_URL_ENV] = self.storage_url
@@ -168,7 +179,7 @@ class LoopbackRuntime:
                       for a in container["command"][1:]]]  # fmt: skip
         fh = log.open("wb")
         proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        return Running(name, ip, proc, message, log)
+        return Running(name, ip, proc, message, log, always=pod["spec"].get("restartPolicy", "Always") == "Always")
 
     def _finish(self, name: str, code: int, run: Running) -> None:
         """The fake runtime ends the pod the way the real process ended, with its termination message."""

@@ -222,4 +222,5 @@ class DataConfig(ApiModel):
         default=None, ge=1, description="The pod's memory limit: batch sizes are chosen to stay well under it."
     )
     metrics_port: int = Field(default=METRICS_PORT, ge=0, le=65535, description="Prometheus and /progress (0: off).")
+    metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port binds.")
     termination_log: str = Field(default=TERMINATION_LOG, description="Where the PreparationSummary is written.")

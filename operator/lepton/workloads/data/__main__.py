@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = DataMetrics()
     ticker = _Ticker()
     try:
-        metrics.serve(config.metrics_port)
+        metrics.serve(config.metrics_port, host=config.metrics_host)
         summary = prepare(config, progress=ticker, metrics=metrics, log=_say)
     except DataError as exc:
         _say(f"error: {exc}")

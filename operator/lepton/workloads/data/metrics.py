@@ -47,7 +47,7 @@ class DataMetrics:
         with self._lock:
             return self.report.to_wire()
 
-    def serve(self, port: int, token: str | None = None) -> None:
+    def serve(self, port: int, token: str | None = None, host: str = "0.0.0.0") -> None:
         """Serve /metrics and /progress on `port` (0: off); `token` defaults to PROGRESS_TOKEN_ENV's."""
         if port <= 0:
             return
@@ -78,7 +78,7 @@ class DataMetrics:
             def log_message(self, *_: Any) -> None:  # no access log on stderr
                 return
 
-        self._server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        self._server = ThreadingHTTPServer((host, port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True, name="metrics").start()
 
     def close(self) -> None:
