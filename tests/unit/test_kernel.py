@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from lepton.api import KINDS, TrainingJob
 from lepton.api.common import Lineage
@@ -279,8 +280,25 @@ def test_a_failed_discovery_is_asked_again_not_taken_as_no() -> None:
 
 
 def test_the_phase_gauge_counts_each_object_once() -> None:
-    metrics = OperatorMetrics()
+    metrics = OperatorMetrics(kinds=())
     for name, phase in (("a", "Pending"), ("b", "Pending"), ("a", "Running"), ("a", "Running"), ("b", None)):
         metrics.observe_phase("TrainingJob", "ns", name, phase)
     values = {s.labels["phase"]: s.value for m in metrics.resources.collect() for s in m.samples}
     assert values == {"Pending": 0, "Running": 1}
+
+
+def test_every_bounded_series_exists_at_zero_before_anything_happened() -> None:
+    """A dashboard panel or an alert over errors, restarts, failed trials or failed preparations has a
+    series (at 0) in a healthy cluster, not "no data"; an unknown label value still gets its own."""
+    metrics = OperatorMetrics()
+    text = generate_latest(metrics.registry).decode()
+    for line in ('lepton_resources{kind="TuningStudy",phase="Failed"} 0.0',
+                 'lepton_reconcile_total{kind="Dataset",outcome="error"} 0.0',
+                 'lepton_trainingjob_restarts_total{reason="OOMKilled"} 0.0',
+                 'lepton_tuningstudy_trials{state="failed"} 0.0',
+                 'lepton_dataset_preparation_seconds_count{outcome="failed"} 0.0',
+                 'lepton_phase_oldest_seconds{kind="InferenceService",phase="Pending"} 0.0'):  # fmt: skip
+        assert line in text, line
+    assert 'phase="Succeeded"' not in "".join(x for x in text.splitlines() if "phase_oldest" in x)
+    metrics.observe_phase("TrainingJob", "ns", "a", "Pending")
+    assert 'lepton_resources{kind="TrainingJob",phase="Pending"} 1.0' in generate_latest(metrics.registry).decode()

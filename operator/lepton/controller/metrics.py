@@ -7,7 +7,7 @@ per object (its phase, its trial counts, the GPUs it holds) is kept here and sum
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from lepton.api import KINDS
 from lepton.api.common import CommonStatus
-from lepton.api.constants import TERMINAL_PHASES
+from lepton.api.constants import TERMINAL_PHASES, Phase
 from lepton.api.trainingjob import TrainingJobStatus
 from lepton.api.tuningstudy import TuningStudyStatus
 from lepton.status.observations import PREPARATION, QUEUE_WAIT, READY, RESTART, STARTUP, observations
@@ -24,10 +25,13 @@ from lepton.status.observations import PREPARATION, QUEUE_WAIT, READY, RESTART, 
 # Seconds: from a CPU job starting at once to a gang waiting an hour for GPUs.
 WAIT_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 TRIAL_STATES = ("running", "succeeded", "pruned", "failed", "retried")
+RECONCILE_OUTCOMES = ("ok", "invalid", "error")
+RESTART_REASONS = ("Error", "OOMKilled", "Evicted", "DeadlineExceeded", "Unknown")  # the kubelet's usual ones
+PREPARATION_OUTCOMES = ("succeeded", "failed")
 
 
 class OperatorMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, kinds: Sequence[str] = tuple(KINDS)) -> None:
         self.registry = registry or CollectorRegistry()
         self.reconciles = Counter(
             "lepton_reconcile_total",
@@ -105,6 +109,26 @@ class OperatorMetrics:
         self._trials: dict[tuple[str, str], tuple[int, ...]] = {}
         self.gpus = GpuSeconds()
         self.registry.register(self.gpus)
+        self._start_at_zero(kinds)
+
+    def _start_at_zero(self, kinds: Sequence[str]) -> None:
+        """Every series of a known, bounded label value exists from the start, at 0 (Prometheus's advice):
+        a rate, a dashboard panel or an alert over it has a series before the first error, restart or
+        failed preparation, instead of no data, and `increase` sees the first one."""
+        for kind in kinds:
+            self.loops.labels(kind=kind)
+            self.duration.labels(kind=kind)
+            for outcome in RECONCILE_OUTCOMES:
+                self.reconciles.labels(kind=kind, outcome=outcome)
+            for phase in Phase:
+                self.resources.labels(kind=kind, phase=phase.value)
+        for reason in RESTART_REASONS:
+            self.restarts.labels(reason=reason)
+        for state in TRIAL_STATES:
+            self.trials.labels(state=state)
+        for outcome in PREPARATION_OUTCOMES:
+            self.preparation.labels(outcome=outcome)
+        self.ages.kinds = tuple(kinds)
 
     def observe_phase(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
         """Record the phase of one resource (None: it is gone); the per-phase gauge moves by one, so a
@@ -167,11 +191,12 @@ class OperatorMetrics:
 
 class PhaseAges(Collector):
     """How long the oldest resource of each kind has been in its current phase (finished phases left
-    out): what an alert on a job stuck Pending, or a service not Ready, reads. Counted from when this
-    operator process first saw it in that phase."""
+    out; 0 while none is in it): what an alert on a job stuck Pending, or a service not Ready, reads.
+    Counted from when this operator process first saw it in that phase."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        self.kinds: tuple[str, ...] = ()  # each with every phase that does not end it: 0 while none is in it
         self._entered: dict[tuple[str, str, str], tuple[str, float]] = {}
 
     def enter(self, key: tuple[str, str, str], phase: str | None) -> None:
@@ -182,7 +207,7 @@ class PhaseAges(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self.clock()
-        oldest: dict[tuple[str, str], float] = {}
+        oldest = {(kind, p.value): 0.0 for kind in self.kinds for p in Phase if p not in TERMINAL_PHASES}
         for (kind, _, _), (phase, since) in self._entered.items():
             oldest[(kind, phase)] = max(oldest.get((kind, phase), 0.0), now - since)
         family = GaugeMetricFamily(
