@@ -25,7 +25,12 @@ from tests.cluster.kube import Kube
 TEST_NS_PREFIX = "lepton-test-"
 CONTROL_PLANE = pytest.StashKey[list[str]]()
 # Tests need no 10 s backoff and no 60 s checkpoint grace period.
-FAST = {"LEPTON_RESTART_BACKOFF_SECONDS": "1", "LEPTON_TERMINATION_GRACE_SECONDS": "1", "LEPTON_DISCOVERY_SECONDS": "2"}
+FAST = {
+    "LEPTON_RESTART_BACKOFF_SECONDS": "1",
+    "LEPTON_TERMINATION_GRACE_SECONDS": "1",
+    "LEPTON_DISCOVERY_SECONDS": "2",
+    "LEPTON_DATA_METRICS_LINGER_SECONDS": "10",
+}  # a preparation run for real is scraped once more at its end
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -6,21 +6,29 @@ Every workload is a real process behind a kwok pod (tests/cluster/loopback.py): 
 preparation, the tuner and the trials' torchrun trainers, the final job's trainer, and the server of
 the InferenceService, answering at its pod's IP. Only the paths (local directories instead of PVCs),
 the placement (the loopback node), the study's storage (an SQLite URL) and its size (2 trials) differ
-from the example."""
+from the example.
+
+A real Prometheus scrapes the operator and every workload pod during the run; at the end every query of
+every panel of the Grafana dashboard and every alert expression (without its threshold) returned at
+least one series. A TrainingJob holding a (fake) GPU on kwok's GPU nodes runs beside the pipeline, so
+the GPU-seconds panels have what they count."""
 
 from __future__ import annotations
 
 import json
 import random
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lepton.cli.devcluster import DevCluster
 from tests.cluster.conftest import OperatorProcess
 from tests.cluster.kube import Kube, eventually
 from tests.cluster.loopback import PLACEMENT, LoopbackRuntime, ensure_node
+from tests.cluster.prometheus import Prometheus, alert_expressions, dashboard_queries, explain, missing_series
 from tests.cluster.test_tuningstudy import db_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,18 +85,33 @@ def http(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return dict(json.loads(rsp.read()))
 
 
+GPU_JOB = {"apiVersion": "lepton.ai/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "gpu-holder"},
+           "spec": {"model": {"uri": "/models/m"}, "data": {"uri": "/data/d"}, "hyperparameters": {"maxSteps": 10},
+                    "nodes": 1, "gpusPerNode": 1, "output": {"uri": "/out"}}}  # fmt: skip
+
+
 def test_the_pipeline_folder_applied_at_once_in_any_order_converges(
-    kube: Kube, namespace: str, operator: OperatorProcess, tmp_path: Path
+    dev_cluster: DevCluster, kube: Kube, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
     ensure_node(kube)
     ns, db = namespace, tmp_path / "study.db"
     db_secret(kube, ns, f"sqlite:///{db}")
+    target = urllib.parse.urlsplit(operator.metrics_url).netloc
+    prom = Prometheus(dev_cluster.bins["prometheus"], tmp_path / "prometheus", [target], kube, [ns]).__enter__()
+    try:
+        _converges(kube, ns, db, tmp_path, prom)
+    finally:
+        prom.__exit__()
+
+
+def _converges(kube: Kube, ns: str, db: Path, tmp_path: Path, prom: Prometheus) -> None:
     docs = pipeline_docs(tmp_path)
     seed = random.randrange(1 << 16)
     random.Random(seed).shuffle(docs)
     order = [f"{d['kind']} {d['metadata']['name']}" for d in docs]
     print(f"applied in this order (seed {seed}): {order}")
     kube.run("apply", "-n", ns, "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
+    kube.apply(GPU_JOB, ns)
 
     # No workload runs yet: the Dataset's preparation pod is there but nothing prepares, and every
     # other resource says, in a condition, what it waits for.
@@ -96,7 +119,8 @@ def test_the_pipeline_folder_applied_at_once_in_any_order_converges(
                       what=f"each resource waiting for its reference (order {order})")  # fmt: skip
     for key, what in WAITS.items():
         assert what in seen[key], (key, seen[key])
-    assert not kube.get("trainingjobs", namespace=ns)["items"][1:], "a trial started before the Dataset was ready"
+    jobs = {j["metadata"]["name"] for j in kube.get("trainingjobs", namespace=ns)["items"]}
+    assert jobs == {"pipeline-final", "gpu-holder"}, f"a trial started before the Dataset was ready: {jobs}"
 
     work = tmp_path / "run"
     work.mkdir()
@@ -109,6 +133,12 @@ def test_the_pipeline_folder_applied_at_once_in_any_order_converges(
         eventually(lambda: runtime.started and _ready(base), timeout=120, what="the real server answering")
         answer = http(f"{base}/v1/completions", {"model": "pipeline-chat", "prompt": "My order", "max_tokens": 4})
         metadata = http(f"{base}/v2/models/pipeline-chat")["metadata"]
+        for _ in range(20):  # traffic for the serving panels, over more than one scrape
+            http(f"{base}/v1/completions", {"model": "pipeline-chat", "prompt": "Where is", "max_tokens": 2})
+        queries = dashboard_queries(namespace=ns) + alert_expressions()
+        missing = eventually(lambda: _none_missing(prom, queries), timeout=30, interval=3,
+                             what="every dashboard query and alert expression with a series")  # fmt: skip
+        assert missing is True, missing
         assert not runtime.errors, runtime.errors
     assert answer["choices"][0]["text"] is not None
 
@@ -144,3 +174,10 @@ def _all(seen: dict[tuple[str, str], str]) -> dict[tuple[str, str], str] | None:
 
 def _if_ready(obj: dict[str, Any]) -> dict[str, Any] | None:
     return obj if condition(obj, "Ready").get("status") == "True" else None
+
+
+def _none_missing(prom: Prometheus, queries: list[str]) -> bool | None:
+    missing = missing_series(prom, queries)
+    if missing:
+        print(explain(prom, missing))
+    return True if not missing else None

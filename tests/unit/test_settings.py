@@ -45,8 +45,21 @@ def test_network_settings_come_from_the_operator_and_prometheus_namespaces() -> 
         ({"LEPTON_OPERATOR_NAMESPACE": "Lepton_System"}, "LEPTON_OPERATOR_NAMESPACE must be a namespace name"),
         ({"LEPTON_PROMETHEUS_NAMESPACE": "-x"}, "LEPTON_PROMETHEUS_NAMESPACE must be a namespace name"),
         ({"LEPTON_NETWORK_POLICIES": "yes"}, "LEPTON_NETWORK_POLICIES must be true or false"),
+        ({"LEPTON_DATA_METRICS_LINGER_SECONDS": "30s"}, "LEPTON_DATA_METRICS_LINGER_SECONDS must be a whole number"),
+        ({"LEPTON_DATA_METRICS_LINGER_SECONDS": "601"}, "from 0 to 600"),
     ],
 )
 def test_bad_settings_say_what_to_fix(env: dict[str, str], words: str) -> None:
     with pytest.raises(SettingsError, match=words):
         Settings.from_env({"LEPTON_PROGRESS_KEY": KEY, **env})
+
+
+@pytest.mark.parametrize(("value", "linger"), [(None, None), ("0", None), ("", None), ("30", 30.0)])
+def test_a_preparation_lingers_for_a_last_scrape_only_when_asked(value: str | None, linger: float | None) -> None:
+    from lepton.controller.dataset import DatasetBinding
+    from lepton.controller.registry import bindings
+
+    env = {"LEPTON_PROGRESS_KEY": KEY} | ({"LEPTON_DATA_METRICS_LINGER_SECONDS": value} if value is not None else {})
+    settings = Settings.from_env(env)
+    (binding,) = [b for b in bindings(settings) if isinstance(b, DatasetBinding)]
+    assert settings.data_metrics_linger_seconds == binding.settings.metrics_linger_seconds == linger

@@ -214,3 +214,38 @@ def test_the_summary_fits_a_termination_message(tmp_path: Path) -> None:
     _, summary = ok(config(tmp_path / "out", [{"path": str(TICKETS)}], pipeline=steps), tmp_path)
     assert len(Path(tmp_path / "out.summary").read_bytes()) <= 4096 and summary.rows is not None
     assert os.path.getsize(tmp_path / "out.summary") > 0
+
+
+def test_a_preparation_keeps_its_metrics_up_until_one_last_scrape() -> None:
+    """metricsLingerSeconds: after the end, /metrics stays up until two scrapes read the final values (at
+    most that long); without a scrape it waits the whole time; unset, it does not wait at all."""
+    import threading
+    import time
+    import urllib.request
+
+    from lepton.local.backend import free_port
+    from lepton.workloads.data.metrics import DataMetrics
+
+    metrics, port = DataMetrics(), free_port()
+    metrics.serve(port, host="127.0.0.1")
+    try:
+        metrics.rows_out.labels(split="train").set(360)
+        assert metrics.linger(None) is False
+        started = time.monotonic()
+        assert metrics.linger(0.3) is False and time.monotonic() - started >= 0.3  # nobody scraped
+        seen: list[str] = []
+
+        def scrape() -> None:
+            for _ in range(2):  # a rate needs two samples of the final values
+                time.sleep(0.2)
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as rsp:
+                    seen.append(rsp.read().decode())
+
+        scraper = threading.Thread(target=scrape)
+        scraper.start()
+        started = time.monotonic()
+        assert metrics.linger(30) is True and time.monotonic() - started < 10
+        scraper.join(10)
+        assert len(seen) == 2 and 'lepton_data_output_rows{split="train"} 360.0' in seen[1]
+    finally:
+        metrics.close()

@@ -222,5 +222,12 @@ class DataConfig(ApiModel):
         default=None, ge=1, description="The pod's memory limit: batch sizes are chosen to stay well under it."
     )
     metrics_port: int = Field(default=METRICS_PORT, ge=0, le=65535, description="Prometheus and /progress (0: off).")
-    metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port binds.")
+    metrics_host: str | None = Field(default=None, description="Address the metrics port binds (none: every one).")
+    metrics_linger_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=600,
+        description="After the end, /metrics stays up until two scrapes read the final "
+        "values, at most this long (none: it closes at once); for a Prometheus that scrapes preparation pods.",
+    )
     termination_log: str = Field(default=TERMINATION_LOG, description="Where the PreparationSummary is written.")

@@ -56,7 +56,10 @@ def bindings(settings: Settings) -> list[Binding[Any]]:
             network=settings.network(),
             discovery_seconds=settings.discovery_seconds,
         ),
-        DatasetBinding(DataSettings(settings.images.get("data", DataSettings.data_image)), network=settings.network()),
+        DatasetBinding(
+            DataSettings(settings.images.get("data", DataSettings.data_image), settings.data_metrics_linger_seconds),
+            network=settings.network(),
+        ),
         TuningStudyBinding(
             TunerSettings(settings.images.get("tuner", TunerSettings.tuner_image)),
             progress_key=settings.progress_key,

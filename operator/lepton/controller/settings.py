@@ -41,6 +41,9 @@ class Settings:
     prometheus_namespace: str | None = None  # whose Prometheus may scrape the workloads' metrics ports
     network_policies: bool = True  # a NetworkPolicy per job (needs operator_namespace)
     discovery_seconds: float = 60.0  # how often optional APIs (the Gateway API) are looked for again
+    # A Dataset's preparation keeps its /metrics up after the end until two scrapes read its final numbers,
+    # at most this long (twice your scrape interval); None: it exits at once.
+    data_metrics_linger_seconds: float | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -96,8 +99,13 @@ class Settings:
         if not discovery.isdigit() or int(discovery) < 1:
             raise SettingsError(f"LEPTON_DISCOVERY_SECONDS must be a whole number of seconds, at least 1, "
                                 f"got {discovery!r}")  # fmt: skip
+        linger = env.get("LEPTON_DATA_METRICS_LINGER_SECONDS", "0").strip() or "0"
+        if not linger.isdigit() or int(linger) > 600:
+            raise SettingsError(f"LEPTON_DATA_METRICS_LINGER_SECONDS must be a whole number of seconds from 0 to "
+                                f"600, got {linger!r}")  # fmt: skip
         return cls(
             discovery_seconds=float(discovery),
+            data_metrics_linger_seconds=float(linger) or None,
             progress_key=key.encode() if key else secrets.token_bytes(32),
             progress_key_generated=not key,
             operator_namespace=_namespace(env, "LEPTON_OPERATOR_NAMESPACE"),

@@ -45,6 +45,7 @@ _UNITS = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2*
 @dataclass(frozen=True)
 class DataSettings:
     data_image: str = "lepton/data:0.1.0"
+    metrics_linger_seconds: float | None = None  # /metrics stays up for two last scrapes
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def pod_resources(dataset: Dataset) -> Resources:
 
 
 def data_config(dataset: Dataset, mounts: Mounts, env: list[dict[str, Any]], tokenizer_uri: str | None,
-                *, metrics_port: int = METRICS_PORT, termination_log: str = TERMINATION_LOG) -> DataConfig:  # fmt: skip
+                *, metrics_port: int = METRICS_PORT, termination_log: str = TERMINATION_LOG,
+                metrics_linger_seconds: float | None = None) -> DataConfig:  # fmt: skip
     """The workload's configuration: secrets appended to `env` as secretKeyRefs, PVCs added to `mounts`."""
     spec = dataset.spec
     tokenizer_path = None
@@ -141,6 +143,7 @@ def data_config(dataset: Dataset, mounts: Mounts, env: list[dict[str, Any]], tok
         retain=spec.retain,
         memory_limit_bytes=memory_bytes(pod_resources(dataset).limits.get("memory")),
         metrics_port=metrics_port,
+        metrics_linger_seconds=metrics_linger_seconds,
         termination_log=termination_log,
     )
 
@@ -151,7 +154,7 @@ def render_job(
     """The preparation Job and its preparation hash."""
     spec = dataset.spec
     mounts, env = Mounts(), list[dict[str, Any]]()
-    config = data_config(dataset, mounts, env, tokenizer_uri)
+    config = data_config(dataset, mounts, env, tokenizer_uri, metrics_linger_seconds=settings.metrics_linger_seconds)
     labels = child_labels(dataset, COMPONENT)
     container: dict[str, Any] = {
         "name": COMPONENT,

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = DataMetrics()
     ticker = _Ticker()
     try:
-        metrics.serve(config.metrics_port, host=config.metrics_host)
+        metrics.serve(config.metrics_port, host=config.metrics_host or "0.0.0.0")
         summary = prepare(config, progress=ticker, metrics=metrics, log=_say)
     except DataError as exc:
         _say(f"error: {exc}")
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         ticker.stop.set()
+        metrics.linger(config.metrics_linger_seconds)
         metrics.close()
     write_summary(config.termination_log, summary)
     if summary.reused:

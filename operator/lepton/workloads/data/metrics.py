@@ -38,6 +38,7 @@ class DataMetrics:
         self.report = ProgressReport(step=0)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._scraped = threading.Event()  # set by a /metrics request once `linger` started waiting for one
 
     def update(self, report: ProgressReport) -> None:
         with self._lock:
@@ -64,6 +65,7 @@ class DataMetrics:
                     return
                 if self.path == "/metrics":
                     body, kind = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+                    metrics._scraped.set()
                 elif self.path == "/progress":
                     body, kind = json.dumps(metrics.progress()).encode(), "application/json"
                 else:
@@ -80,6 +82,19 @@ class DataMetrics:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True, name="metrics").start()
+
+    def linger(self, seconds: float | None, scrapes: int = 2) -> bool:
+        """After the end: keep /metrics up until `scrapes` scrapes read the final values (a rate needs
+        two samples), at most `seconds`. A preparation is often over between two scrapes; without this
+        its totals are never seen. True when they were read."""
+        if not seconds or self._server is None:
+            return False
+        deadline = time.monotonic() + seconds
+        for _ in range(scrapes):
+            self._scraped.clear()
+            if not self._scraped.wait(max(deadline - time.monotonic(), 0.0)):
+                return False
+        return True
 
     def close(self) -> None:
         if self._server is not None:
