@@ -131,3 +131,17 @@ def test_the_oldest_in_each_phase_is_what_a_stuck_alert_reads() -> None:
     ages.enter(("TrainingJob", "a", "old"), None)  # deleted
     got = {(s.labels["kind"], s.labels["phase"]): s.value for f in ages.collect() for s in f.samples}
     assert got[("TrainingJob", "Pending")] == 60.0
+
+
+def test_inferenceservice_replicas_hold_their_gpus_until_they_go() -> None:
+    from lepton.api.inferenceservice import InferenceServiceStatus
+
+    m = OperatorMetrics()
+    svc = body("InferenceService", "chat", gpus=2)
+    m.observe("InferenceService", svc, InferenceServiceStatus(), InferenceServiceStatus(replicas=3), NOW)
+    assert sample(m, 'lepton_gpus_allocated{namespace="team-a"}') == 6
+    m.observe("InferenceService", svc, InferenceServiceStatus(replicas=3),
+              InferenceServiceStatus(replicas=1, canary_ready_replicas=1), NOW)  # fmt: skip
+    assert sample(m, 'lepton_gpus_allocated{namespace="team-a"}') == 4
+    m.forget("InferenceService", "team-a", "chat")
+    assert sample(m, 'lepton_gpus_allocated{namespace="team-a"}') == 0

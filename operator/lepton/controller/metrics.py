@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from lepton.api import KINDS
 from lepton.api.common import CommonStatus
 from lepton.api.constants import TERMINAL_PHASES, Phase
+from lepton.api.inferenceservice import InferenceServiceStatus
 from lepton.api.trainingjob import TrainingJobStatus
 from lepton.api.tuningstudy import TuningStudyStatus
 from lepton.status.observations import PREPARATION, QUEUE_WAIT, READY, RESTART, STARTUP, observations
@@ -168,6 +169,9 @@ class OperatorMetrics:
             self._set_trials((namespace, name), tuple(int(counts.get(s, 0)) for s in TRIAL_STATES))
         if isinstance(new, TrainingJobStatus):
             self.gpus.hold(namespace, name, _running(new.ready) * int(spec.get("gpusPerNode") or 0))
+        if isinstance(new, InferenceServiceStatus):  # replicas that exist hold their GPUs, serving or not
+            replicas = new.replicas + (new.canary_ready_replicas or 0)
+            self.gpus.hold(namespace, f"{kind}/{name}", replicas * int(spec.get("gpus") or 0))
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """The resource is gone: it holds no phase, no trials and no GPU any more."""
@@ -176,6 +180,8 @@ class OperatorMetrics:
             self._set_trials((namespace, name), None)
         if kind == "TrainingJob":
             self.gpus.hold(namespace, name, 0)
+        if kind == "InferenceService":
+            self.gpus.hold(namespace, f"{kind}/{name}", 0)
 
     def _set_trials(self, key: tuple[str, str], counts: tuple[int, ...] | None) -> None:
         old = self._trials.get(key, (0,) * len(TRIAL_STATES))
@@ -221,8 +227,9 @@ class PhaseAges(Collector):
 
 
 class GpuSeconds(Collector):
-    """GPU-seconds allocated to running TrainingJob pods, per namespace (a counter computed at scrape
-    time, so its rate is exact whatever the reconcile cadence), and the GPUs allocated now."""
+    """GPU-seconds allocated to running TrainingJob pods and InferenceService replicas, per namespace (a
+    counter computed at scrape time, so its rate is exact whatever the reconcile cadence), and the GPUs
+    allocated now."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -247,10 +254,10 @@ class GpuSeconds(Collector):
         for (namespace, _), (gpus, since) in self._held.items():
             spent[namespace] = spent.get(namespace, 0.0) + gpus * (now - since)
             held[namespace] = held.get(namespace, 0) + gpus
-        seconds = CounterMetricFamily("lepton_gpu_seconds", "GPU-seconds allocated to running TrainingJob pods, by "
-                                      "namespace.", labels=["namespace"])  # fmt: skip
-        allocated = GaugeMetricFamily("lepton_gpus_allocated", "GPUs allocated to running TrainingJob pods now, by "
-                                      "namespace.", labels=["namespace"])  # fmt: skip
+        seconds = CounterMetricFamily("lepton_gpu_seconds", "GPU-seconds allocated to running TrainingJob pods and "
+                                      "InferenceService replicas, by namespace.", labels=["namespace"])  # fmt: skip
+        allocated = GaugeMetricFamily("lepton_gpus_allocated", "GPUs allocated to running TrainingJob pods and "
+                                      "InferenceService replicas now, by namespace.", labels=["namespace"])  # fmt: skip
         for namespace in sorted(spent):
             seconds.add_metric([namespace], spent[namespace])
             allocated.add_metric([namespace], held.get(namespace, 0))
