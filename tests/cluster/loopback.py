@@ -13,6 +13,7 @@ the operator deletes the pod, the process gets SIGTERM, as a kubelet would send 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,6 +55,23 @@ def ensure_node(kube: Kube) -> None:
     kube.run("wait", "--for=condition=Ready", f"node/{NODE}", "--timeout=60s")
 
 
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid`, from /proc (whatever session or group they started)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
@@ -93,10 +111,22 @@ class LoopbackRuntime:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for run in self.started.values():
-            if run.proc.poll() is None:
+        running = [run for run in self.started.values() if run.proc.poll() is None]
+        # torchrun starts its workers in sessions of their own: a SIGKILL to it alone would leave them
+        # running, holding their pod's address. SIGTERM first (it stops its workers), then whatever is left.
+        children = {run.proc.pid: _children(run.proc.pid) for run in running}
+        for run in running:
+            run.proc.terminate()
+        deadline = time.monotonic() + 20
+        for run in running:
+            try:
+                run.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
                 run.proc.kill()
                 run.proc.wait()
+            for pid in children[run.proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def kill_tuner(self) -> bool:
         """SIGKILL the tuner process, as an OOM kill would; its pod stays and the process is started
