@@ -29,6 +29,7 @@ from lepton.api.contract import DATA_CONFIG_ENV, SERVER_CONFIG_ENV, TRAINER_CONF
 from lepton.api.tuner import STORAGE_URL_ENV, TUNER_CONFIG_ENV
 from lepton.local.trainingjob import free_port
 from tests.cluster.kube import Kube
+from tests.workloads.conftest import tree
 
 LOOPBACK_CIDR = "127.77.0.0/24"
 NODE = "loopback-node-0"
@@ -53,23 +54,6 @@ def ensure_node(kube: Kube) -> None:
     }  # fmt: skip
     kube.run("create", "-f", "-", stdin=json.dumps(node))  # POST: apply would reset the status kwok reads
     kube.run("wait", "--for=condition=Ready", f"node/{NODE}", "--timeout=60s")
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant of `pid`, from /proc (whatever session or group they started)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
@@ -114,7 +98,7 @@ class LoopbackRuntime:
         running = [run for run in self.started.values() if run.proc.poll() is None]
         # torchrun starts its workers in sessions of their own: a SIGKILL to it alone would leave them
         # running, holding their pod's address. SIGTERM first (it stops its workers), then whatever is left.
-        children = {run.proc.pid: _children(run.proc.pid) for run in running}
+        children = {run.proc.pid: tree(run.proc.pid)[1:] for run in running}
         for run in running:
             run.proc.terminate()
         deadline = time.monotonic() + 20
