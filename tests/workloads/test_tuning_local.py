@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import EXAMPLES
 
-MAX_STEPS = 30  # the example template's maxSteps
+MAX_STEPS = 60  # the example template's maxSteps
 NAME = "tiny-gpt2-lr-search"
 
 

@@ -54,7 +54,7 @@ from lepton.status.progress import evaluations_from, summary_metrics
 from lepton.status.references import lineage_of
 from lepton.status.tuningstudy import RunView, TunerView, decide, sync_request
 
-LOOP_SECONDS = 1.0
+LOOP_SECONDS = 0.5  # a pass reads every running trial's progress: the pruner acts on what it last saw
 EXIT_POLL_SECONDS = 0.05
 TUNER_START_SECONDS = 60.0
 SYNC_SECONDS = 120.0  # a sampler may take a while (GP, CMA-ES at many trials)
