@@ -22,6 +22,7 @@ from lepton.api.contract import DATA_CONFIG_ENV, DataConfig
 from lepton.api.dataset import VERSIONS_DIR, PreparationSummary
 from lepton.api.kinds import Dataset
 from lepton.local.backend import LocalBackend, LocalProcess, LocalRunError, free_port
+from lepton.local.results import run_outputs
 from lepton.render.dataset import DataSettings, render_job
 
 CURRENT = "current"  # <output>/current: the newest version, written by the workload
@@ -30,16 +31,7 @@ TERMINATION = "termination-log"
 
 def published_dataset(runs_root: Path, name: str, version: str | None) -> tuple[Path, str]:
     """(directory, version) of Dataset `name`'s current (or pinned) version, from its latest local run."""
-    roots: list[tuple[float, Path]] = []
-    for manifest in runs_root.glob("*/dataset.json") if runs_root.is_dir() else []:
-        try:
-            doc = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            continue
-        uri = ((doc.get("spec") or {}).get("output") or {}).get("uri")
-        if (doc.get("metadata") or {}).get("name") == name and uri:
-            roots.append((manifest.stat().st_mtime, Path(str(uri).removeprefix("file://"))))
-    for _, root in sorted(roots, reverse=True):
+    for _, root in sorted(run_outputs(runs_root, "Dataset", name), reverse=True):
         current = root / CURRENT
         wanted = version or (current.read_text().strip() if current.is_file() else None)
         if wanted and (root / VERSIONS_DIR / wanted).is_dir():

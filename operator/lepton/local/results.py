@@ -20,20 +20,24 @@ def study_dir(runs_root: Path, name: str) -> Path:
     return runs_root / f"{name}.study"
 
 
-def trained_model(runs_root: Path, job: str) -> Path:
-    """The output of the latest local run of TrainingJob `job` that finished (its model is there)."""
+def run_outputs(runs_root: Path, kind: str, name: str) -> list[tuple[float, Path]]:
+    """(when, output directory) of every local run of `kind` `name` under `runs_root`, from the manifest
+    each run directory keeps (<run>/<kind>.json, its spec.output.uri)."""
     found: list[tuple[float, Path]] = []
-    for manifest in runs_root.glob("*/trainingjob.json") if runs_root.is_dir() else []:
+    for manifest in runs_root.glob(f"*/{kind.lower()}.json") if runs_root.is_dir() else []:
         try:
             doc = json.loads(manifest.read_text())
         except (OSError, ValueError):
             continue
-        if (doc.get("metadata") or {}).get("name") != job:
-            continue
         uri = ((doc.get("spec") or {}).get("output") or {}).get("uri")
-        out = Path(str(uri).removeprefix("file://")) if uri else None
-        if out is not None and (out / METADATA).is_file():
-            found.append((manifest.stat().st_mtime, out))
+        if (doc.get("metadata") or {}).get("name") == name and uri:
+            found.append((manifest.stat().st_mtime, Path(str(uri).removeprefix("file://"))))
+    return found
+
+
+def trained_model(runs_root: Path, job: str) -> Path:
+    """The output of the latest local run of TrainingJob `job` that finished (its model is there)."""
+    found = [(when, out) for when, out in run_outputs(runs_root, "TrainingJob", job) if (out / METADATA).is_file()]
     if not found:
         raise LocalRunError(
             f"the model comes from TrainingJob {job!r}, and no local run of it under {runs_root} has finished: "
