@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from lepton.controller.metrics import OperatorMetrics
 from lepton.workloads.data.metrics import DataMetrics
@@ -32,13 +33,24 @@ SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_c
 PER_OBJECT = {"pod", "name", "instance", "uid", "trial"}
 
 
-def registries() -> dict[str, CollectorRegistry]:
+class TextRegistry:
+    """The families of a Prometheus text page, read like a registry (the trainer writes its page by hand,
+    lepton.sdk.progress, so that user code exports the same lepton_trainer_* without prometheus_client)."""
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text.decode()
+
+    def collect(self) -> list[Any]:
+        return list(text_string_to_metric_families(self.text))
+
+
+def registries() -> dict[str, CollectorRegistry | TextRegistry]:
     return {
         "operator": OperatorMetrics().registry,
         "server": ServerMetrics().registry,
         "tuner": TunerMetrics().registry,
         "data": DataMetrics().registry,
-        "trainer": Progress(total_steps=1, rank=0).registry,
+        "trainer": TextRegistry(Progress(total_steps=1, rank=0).metrics_text()),
     }
 
 

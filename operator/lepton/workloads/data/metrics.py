@@ -1,6 +1,7 @@
 """Prometheus metrics (lepton_data_*) and GET /progress of a preparation on its metrics port, served
-the way the trainer serves them: a daemon HTTP thread, /progress guarded by the job's progress token
-when the operator set one, /metrics open. The pod has no API access; whoever wants progress asks.
+the way the trainer serves them (`lepton.sdk.endpoint`): a daemon HTTP thread, /progress guarded by
+the job's progress token when the operator set one, /metrics open. The pod has no API access; whoever
+wants progress asks.
 
 /progress is a ProgressReport: step = input bytes read, totalSteps = all input bytes (when every
 size is known), etaSeconds.
@@ -9,18 +10,16 @@ size is known), etaSeconds.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from lepton.api.contract import ProgressReport
-from lepton.api.tokens import AUTH_HEADER, PROGRESS_TOKEN_ENV, authorized
+from lepton.sdk.endpoint import GUARDED, JSON, Endpoint, token_from_env
 
-GUARDED = frozenset({"/progress"})
+__all__ = ["GUARDED", "ByteProgress", "DataMetrics"]
 
 
 class DataMetrics:
@@ -37,7 +36,7 @@ class DataMetrics:
         self.reused = Gauge("lepton_data_version_reused", "1 when the version was already published.", registry=r)
         self.report = ProgressReport(step=0)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._endpoint: Endpoint | None = None
         self._scraped = threading.Event()  # set by a /metrics request once `linger` started waiting for one
 
     def update(self, report: ProgressReport) -> None:
@@ -52,42 +51,19 @@ class DataMetrics:
         """Serve /metrics and /progress on `port` (0: off); `token` defaults to PROGRESS_TOKEN_ENV's."""
         if port <= 0:
             return
-        metrics = self
-        token = token or os.environ.get(PROGRESS_TOKEN_ENV) or None
+        routes = {"/metrics": self._metrics_page, "/progress": lambda: (json.dumps(self.progress()).encode(), JSON)}
+        self._endpoint = Endpoint(routes, port, host=host, token=token_from_env(token))
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if token is not None and self.path in GUARDED and not authorized(self.headers.get(AUTH_HEADER), token):
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Bearer realm="lepton-progress"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if self.path == "/metrics":
-                    body, kind = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
-                    metrics._scraped.set()
-                elif self.path == "/progress":
-                    body, kind = json.dumps(metrics.progress()).encode(), "application/json"
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: Any) -> None:  # no access log on stderr
-                return
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="metrics").start()
+    def _metrics_page(self) -> tuple[bytes, str]:
+        body = generate_latest(self.registry)
+        self._scraped.set()
+        return body, CONTENT_TYPE_LATEST
 
     def linger(self, seconds: float | None, scrapes: int = 2) -> bool:
         """After the end: keep /metrics up until `scrapes` scrapes read the final values (a rate needs
         two samples), at most `seconds`. A preparation is often over between two scrapes; without this
         its totals are never seen. True when they were read."""
-        if not seconds or self._server is None:
+        if not seconds or self._endpoint is None:
             return False
         deadline = time.monotonic() + seconds
         for _ in range(scrapes):
@@ -97,9 +73,8 @@ class DataMetrics:
         return True
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._endpoint is not None:
+            self._endpoint.close()
 
 
 class ByteProgress:

@@ -1,25 +1,21 @@
 """Checkpoints that a restarted gang resumes from exactly: weights, optimizer, schedule, step, and
-every rank's random state. Written to a temporary directory and renamed, so a checkpoint is either
-complete or absent. The weights and optimizer are in rank 0's state file (DDP) or in a sharded
-directory that every rank writes through `write_shards` (FSDP)."""
+every rank's random state. The layout (`<root>/step-%08d/` with a COMPLETE marker, written as
+`.tmp-step-%08d` and renamed, the newest `keep` kept) lives in `lepton.sdk.checkpoints`, shared with
+custom programs; this module holds what is torch's: the files inside. The weights and optimizer are in
+rank 0's state file (DDP) or in a sharded directory that every rank writes through `write_shards` (FSDP)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-COMPLETE = "COMPLETE"
+from lepton.sdk.checkpoints import COMPLETE, begin, commit, latest, step_dir, temp_dir
 
-
-def latest(root: Path) -> Path | None:
-    done = [p for p in root.glob("step-*") if (p / COMPLETE).exists()] if root.exists() else []
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+__all__ = ["COMPLETE", "latest", "load", "save"]
 
 
 def save(
@@ -34,11 +30,9 @@ def save(
 ) -> Path:
     """Every rank calls this (between barriers): rank 0 writes the shared state, each rank its RNG and,
     with `write_shards`, its part of the sharded weights."""
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}"
+    tmp = temp_dir(root, step)
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        begin(root, step)
         torch.save({k: v for k, v in state.items() if k != "rng"}, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "world_size": world}))
     torch.distributed.barrier()
@@ -47,13 +41,9 @@ def save(
     torch.save(state["rng"], tmp / f"rng-{rank}.pt")
     torch.distributed.barrier()
     if rank == 0:
-        (tmp / COMPLETE).touch()
-        os.replace(tmp, final)
-        old = sorted((p for p in root.glob("step-*") if p != final), key=lambda p: p.name)
-        for p in old[: max(0, len(old) - (keep - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
+        commit(root, step, keep=keep)
     torch.distributed.barrier()
-    return final
+    return step_dir(root, step)
 
 
 def load(path: Path, rank: int, map_location: torch.device | str = "cpu") -> tuple[dict[str, Any], Any]:
