@@ -9,20 +9,30 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lepton.cli.devcluster import DevCluster
 from tests.cluster.conftest import FAST, OperatorProcess, start_operator, stop_operator
 from tests.cluster.kube import Kube, eventually
 
-
-def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
+# The two ways a TrainingJob runs code: the built-in trainer, and your own program (custom mode). The
+# gang, restart, elastic and TTL tests run for both: the gang around the code is the same.
+MODES: dict[str, dict[str, Any]] = {
+    "builtin": {
         "model": {"uri": "/models/tiny-gpt2"},
         "data": {"uri": "/data/tickets.jsonl"},
         "hyperparameters": {"maxSteps": 100},
-        "nodes": 2,
-        "gpusPerNode": 1,
-        "output": {"uri": "/models/out"},
-    }
+    },
+    "custom": {
+        "trainer": {"image": "registry.example.com/team/mnist:1", "command": ["python", "mnist.py"],
+                    "hyperparameters": {"lr": 0.1, "epochs": 2}},
+        "data": {"uri": "/data/mnist"},
+    },
+}  # fmt: skip
+
+
+def trainingjob(name: str, mode: str = "builtin", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {**MODES[mode], "nodes": 2, "gpusPerNode": 1, "output": {"uri": "/models/out"}}
     body.update(spec)
     return {"apiVersion": "lepton.ai/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": body}
 
@@ -49,14 +59,21 @@ def finish(kube: Kube, ns: str, pod: str, outcome: str, **extra: str) -> None:
     kube.run("annotate", "pod", pod, "-n", ns, *[f"{k}={v}" for k, v in notes.items()])
 
 
-def test_two_nodes_of_eight_gpus_run_then_succeed(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
-    kube.apply(trainingjob("big", gpusPerNode=8), namespace)
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_two_nodes_of_eight_gpus_run_then_succeed(
+    mode: str, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.apply(trainingjob("big", mode, gpusPerNode=8), namespace)
     st = eventually(lambda: phase_is(kube, namespace, "big", "Running"), timeout=60, what="Running")
     assert st["ready"] == "2/2" and st["startTime"]
     running = live_pods(kube, namespace)
     assert len(running) == 2
     nodes = {p["spec"]["nodeName"] for p in running}
     assert len(nodes) == 2 and all(n.startswith("gpu-node-") for n in nodes)
+    if mode == "custom":  # the program runs under the gang's torchrun
+        for p in running:
+            command = p["spec"]["containers"][0]["command"]
+            assert "--nnodes=2" in command and command[-2:] == ["python", "mnist.py"]
     group = kube.get("podgroup", "big-gang-0", namespace)
     assert group["spec"]["schedulingPolicy"]["gang"]["minCount"] == 2
     for p in running:
@@ -84,30 +101,44 @@ def test_more_gpus_than_exist_start_no_pod_and_say_unschedulable(
     assert all(not p["spec"].get("nodeName") for p in pods(kube, namespace, "huge")), "no pod may start alone"
 
 
-def test_one_failed_rank_restarts_the_whole_gang(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
-    kube.apply(trainingjob("flaky"), namespace)
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_one_failed_rank_restarts_the_whole_gang(
+    mode: str, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.apply(trainingjob("flaky", mode), namespace)
     eventually(lambda: phase_is(kube, namespace, "flaky", "Running"), timeout=60, what="Running")
     first = {p["metadata"]["name"]: p["metadata"]["annotations"]["lepton.ai/rendezvous-id"]
              for p in live_pods(kube, namespace)}  # fmt: skip
-    finish(kube, namespace, "flaky-0-1", "Failed", **{"lepton.ai/fake-exit-code": "137",
-                                                     "lepton.ai/fake-reason": "OOMKilled"})  # fmt: skip
+    if mode == "builtin":
+        finish(kube, namespace, "flaky-0-1", "Failed", **{"lepton.ai/fake-exit-code": "137",
+                                                         "lepton.ai/fake-reason": "OOMKilled"})  # fmt: skip
+    else:  # torchrun exits 1 whatever the program did; its report in the log's tail says 3, and why
+        report = (Path(__file__).parents[1] / "unit" / "data" / "torchrun-exit3-quiet.log").read_text()
+        finish(kube, namespace, "flaky-0-1", "Failed", **{"lepton.ai/fake-exit-code": "1",
+                                                         "lepton.ai/fake-message": report})  # fmt: skip
 
     def restarted() -> dict[str, Any] | None:
         st = status(kube, namespace, "flaky")
         return st if st.get("restarts") == 1 and st.get("phase") == "Running" else None
 
     st = eventually(restarted, timeout=150, what="the gang running again")
-    assert st["failures"][0]["reason"] == "OOMKilled" and st["failures"][0]["exitCode"] == 137
+    failure = st["failures"][0]
+    if mode == "builtin":
+        assert failure["reason"] == "OOMKilled" and failure["exitCode"] == 137
+    else:
+        assert failure["reason"] == "Error" and failure["exitCode"] == 3
+        assert failure["message"].splitlines()[-1] == "something went wrong: bad column 'x'"
     second = {p["metadata"]["name"]: p["metadata"]["annotations"]["lepton.ai/rendezvous-id"]
               for p in live_pods(kube, namespace)}  # fmt: skip
     assert set(second) == {"flaky-1-0", "flaky-1-1"}
     assert not set(first.values()) & set(second.values()), "a new gang needs a new rendezvous id"
 
 
+@pytest.mark.parametrize("mode", sorted(MODES))
 def test_elastic_job_goes_on_without_a_lost_node_and_replaces_it(
-    kube: Kube, namespace: str, operator: OperatorProcess
+    mode: str, kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
-    kube.apply(trainingjob("stretchy", nodes=None, minNodes=2, maxNodes=3), namespace)
+    kube.apply(trainingjob("stretchy", mode, nodes=None, minNodes=2, maxNodes=3), namespace)
     eventually(lambda: phase_is(kube, namespace, "stretchy", "Running"), timeout=60, what="Running")
     eventually(lambda: all(p["status"].get("phase") == "Running" for p in live_pods(kube, namespace))
                and len(live_pods(kube, namespace)) == 3, timeout=60, what="all 3 pods Running")  # fmt: skip
@@ -170,8 +201,9 @@ def test_active_deadline_fails_the_job(kube: Kube, namespace: str, operator: Ope
     assert {c["type"]: c for c in st["conditions"]}["Failed"]["reason"] == "DeadlineExceeded"
 
 
-def test_ttl_deletes_the_finished_job_on_time(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
-    kube.apply(trainingjob("short-lived", nodes=1, ttlSecondsAfterFinished=3), namespace)
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_ttl_deletes_the_finished_job_on_time(mode: str, kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(trainingjob("short-lived", mode, nodes=1, ttlSecondsAfterFinished=3), namespace)
     eventually(lambda: phase_is(kube, namespace, "short-lived", "Running"), timeout=60, what="Running")
     finish(kube, namespace, "short-lived-0-0", "Succeeded")
     eventually(lambda: phase_is(kube, namespace, "short-lived", "Succeeded"), timeout=30, what="Succeeded")

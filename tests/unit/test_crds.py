@@ -114,7 +114,9 @@ def test_schema_is_structural_and_documented(kind: str) -> None:
     for root in ("spec", "status"):
         for path, node in _walk(spec_and_status[root], root):
             assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
-            assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+            # Untyped only where structural schemas allow it: int-or-string, or any JSON value kept as is.
+            untyped = node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+            assert "type" in node or untyped, f"{path} has no type"
             if not path.endswith("[*]"):
                 assert node.get("description"), f"{path} has no description (kubectl explain shows it)"
             for rule in node.get("x-kubernetes-validations", []):

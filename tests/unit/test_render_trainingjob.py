@@ -4,6 +4,7 @@ properties every rendered pod must have whatever the shape."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -27,6 +28,87 @@ def job(**spec: Any) -> Any:
         else:
             doc["spec"][key] = value
     return parse(doc)
+
+
+CUSTOM = yaml.safe_load((EXAMPLES / "trainingjob-custom.yaml").read_text())
+
+
+def custom_job(**spec: Any) -> Any:
+    """A custom-mode job (your own program): the example, with a PVC for data and output."""
+    doc = copy.deepcopy(CUSTOM)
+    doc["metadata"] = {"name": "mnist", "namespace": "team-a", "uid": "7a1d2c3e-0b9f-4e8d-8c6b-1f2e3d4c5b6a"}
+    doc["spec"] |= {"data": {"pvc": {"claimName": "datasets", "path": "mnist"}},
+                    "output": {"pvc": {"claimName": "models", "path": "mnist"}}}  # fmt: skip
+    for key, value in spec.items():
+        if value is None:
+            doc["spec"].pop(key, None)
+        elif key == "trainer":
+            doc["spec"]["trainer"] = {**doc["spec"]["trainer"], **value}
+        else:
+            doc["spec"][key] = value
+    return parse(doc)
+
+
+CUSTOM_CASES = {
+    # A Kubeflow PyTorchJob's mnist, moved over: 2 nodes x 4 GPUs, NCCL.
+    "custom-plain": dict(nodes=2, gpusPerNode=4, procsPerNode=None, backend="auto",
+                         trainer={"image": "registry.example.com/team/mnist:1", "command": ["python", "mnist.py"],
+                                  "args": ["--epochs", "3"], "workingDir": "/workspace"}),
+    "custom-elastic": dict(nodes=None, minNodes=1, maxNodes=3, gpusPerNode=0, procsPerNode=2),
+    # The user's command starts torchrun itself: the gang's options arrive as PET_* variables.
+    "custom-own-torchrun": dict(nodes=2, gpusPerNode=8, procsPerNode=None, backend="auto",
+                                trainer={"command": ["torchrun", "--max-restarts=0", "train.py"]}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CUSTOM_CASES))
+def test_custom_render_matches_golden(case: str) -> None:
+    rendered = render(custom_job(**CUSTOM_CASES[case]), attempt=3, settings=RenderSettings())
+    text = yaml.safe_dump_all(rendered, sort_keys=True, width=120)
+    assert_golden(f"trainingjob-{case}.yaml", text)
+
+
+def _container_env(pod: dict[str, Any]) -> dict[str, str]:
+    (container,) = pod["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+@pytest.mark.parametrize("case", sorted(CUSTOM_CASES))
+def test_custom_program_gets_the_documented_environment(case: str) -> None:
+    """Every LEPTON_* name the SDK documents that the job defines is set; the built-in trainer's config
+    is not; the pod is the same gang pod (restricted, owned, /dev/shm)."""
+    from lepton.sdk import env as sdk_env
+
+    job_ = custom_job(**CUSTOM_CASES[case])
+    for pod in pods(render(job_, attempt=0, settings=RenderSettings())):
+        env = _container_env(pod)
+        assert TRAINER_CONFIG_ENV not in env
+        assert env[sdk_env.JOB] == "team-a/mnist"
+        assert env[sdk_env.OUTPUT_DIR] == "/mnt/models/mnist" or env[sdk_env.OUTPUT_DIR].endswith("mnist")
+        assert env[sdk_env.CHECKPOINT_DIR].startswith(env[sdk_env.OUTPUT_DIR])
+        assert env[sdk_env.DATA_PATH].endswith("mnist")
+        assert json.loads(env[sdk_env.HYPERPARAMETERS]) == job_.spec.trainer.hyperparameters
+        assert env[sdk_env.METRICS_PORT] == "9090" and env[sdk_env.RESUME] == "latest"
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert any(v["name"] == "dshm" for v in pod["spec"]["volumes"])
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == job_.spec.trainer.image
+
+
+def test_custom_command_runs_under_torchrun_or_gets_its_options() -> None:
+    plain = pods(render(custom_job(**CUSTOM_CASES["custom-plain"]), attempt=1, settings=RenderSettings()))[0]
+    (container,) = plain["spec"]["containers"]
+    command = container["command"]
+    assert command[:2] == ["python3", "-c"] and "torch.distributed.run" in command[2]
+    assert "--nnodes=2" in command and "--nproc-per-node=4" in command
+    assert command[command.index("--no-python") + 1 :] == ["python", "mnist.py", "--epochs", "3"]
+    assert container["workingDir"] == "/workspace"
+    own = pods(render(custom_job(**CUSTOM_CASES["custom-own-torchrun"]), attempt=1, settings=RenderSettings()))[0]
+    (container,) = own["spec"]["containers"]
+    assert container["command"] == ["torchrun", "--max-restarts=0", "train.py"]
+    env = _container_env(own)
+    assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "8" and env["PET_RDZV_BACKEND"] == "c10d"
+    assert env["PET_RDZV_ID"] == "7a1d2c3e-1" and env["PET_RDZV_ENDPOINT"] == "mnist-0.mnist.team-a.svc:29500"
 
 
 CASES = {

@@ -14,7 +14,7 @@ from lepton.api import TuningStudy
 from lepton.api.constants import Label
 from lepton.api.tokens import PROGRESS_TOKEN_ENV
 from lepton.api.tuner import STORAGE_URL_ENV, TUNER_CONFIG_ENV, TunerConfig, WarmTrial
-from lepton.api.validation import parse
+from lepton.api.validation import ManifestError, parse
 from lepton.render.common import RESTRICTED_CONTAINER, RESTRICTED_POD
 from lepton.render.networkpolicy import NetworkSettings
 from lepton.render.trials import TrialSpecError, trial_job, trial_manifest
@@ -144,3 +144,34 @@ def test_a_trial_carries_its_study_number_parameters_version_and_own_output() ->
 def test_parameters_that_make_an_invalid_trainingjob_say_which_field(params: dict[str, Any], words: str) -> None:
     with pytest.raises(TrialSpecError, match=words):
         trial_job(study(), 0, params)
+
+
+CUSTOM_TEMPLATE = {
+    "trainer": {"image": "registry.example.com/team/mnist:1", "command": ["python", "mnist.py"],
+                "hyperparameters": {"lr": 0.1, "hidden_size": 32, "optimizer": {"name": "sgd", "momentum": 0.9}}},
+    "nodes": 1,
+    "output": {"pvc": {"claimName": "models", "path": "search"}},
+}  # fmt: skip
+CUSTOM_SPACE = [
+    {"name": "lr", "type": "float", "low": 1e-4, "high": 1.0, "log": True},
+    {"name": "hidden_size", "type": "categorical", "choices": ["16", "64"]},
+    {"name": "nodes", "type": "int", "low": 1, "high": 2},
+]
+
+
+def test_a_trial_of_your_own_program_gets_its_parameters_in_trainer_hyperparameters() -> None:
+    """Any parameter name goes into trainer.hyperparameters (the program's LEPTON_HYPERPARAMETERS), typed
+    as the template has it; what the template sets and the study does not search stays."""
+    s = study(searchSpace=CUSTOM_SPACE, trialTemplate={"trainingJob": CUSTOM_TEMPLATE})
+    job = trial_job(s, 3, {"lr": 0.02, "hidden_size": "64", "nodes": 2})
+    assert job.spec.trainer is not None and job.spec.hyperparameters is None and job.spec.nodes == 2
+    assert job.spec.trainer.hyperparameters == {"lr": 0.02, "hidden_size": 64,
+                                                "optimizer": {"name": "sgd", "momentum": 0.9}}  # fmt: skip
+    assert job.spec.output.pvc is not None and job.spec.output.pvc.path == "search/lr-search-3"
+    assert job.spec.data is None  # a program that reads no data set gets none
+
+
+def test_a_parameter_name_is_free_only_for_your_own_program() -> None:
+    with pytest.raises(ManifestError, match="a template with trainer"):
+        study(searchSpace=CUSTOM_SPACE)  # the built-in trainer has no hyperparameter 'lr'
+    assert study(searchSpace=CUSTOM_SPACE, trialTemplate={"trainingJob": CUSTOM_TEMPLATE}).spec.search_space

@@ -26,6 +26,7 @@ class TrainerData(ApiModel):
     format: Literal["auto", "jsonl", "csv", "parquet"] = Field(default="auto", description="File format.")
     text_field: str = Field(default="text", description="Column with the text.")
     label_field: str = Field(default="label", description="Column with the label.")
+    image_field: str = Field(default="image", description="Column with encoded image bytes (Parquet).")
     validation_fraction: float = Field(default=0.0, ge=0, lt=1, description="Held-out fraction.")
     dataset: str | None = Field(default=None, description="The Dataset read (datasetRef), for the model's metadata.")
     dataset_version: str | None = Field(default=None, description="Its version, for the model's metadata.")
@@ -35,7 +36,7 @@ class TrainerConfig(ApiModel):
     """Everything one trainer process needs; rank and world size come from torchrun's environment."""
 
     job: str = Field(description="namespace/name of the TrainingJob, for logs and metadata.")
-    task: Task = Field(description="causal-lm or sequence-classification.")
+    task: Task = Field(description="causal-lm, sequence-classification or image-classification.")
     model_path: str = Field(description="Model directory (config.json, weights unless init=config).")
     init: Literal["pretrained", "config"] = Field(default="pretrained", description="Load weights or init fresh.")
     num_labels: int | None = Field(default=None, description="Classes, for sequence-classification.")

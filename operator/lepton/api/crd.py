@@ -48,6 +48,8 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 def structural(node: dict[str, Any], defs: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Translate one pydantic JSON-schema node (and its children) into a structural schema node."""
     node = _resolve(node, defs)
+    if node.get("x-kubernetes-preserve-unknown-fields") and "type" not in node:  # any JSON value, kept as is
+        return {"x-kubernetes-preserve-unknown-fields": True, **{k: node[k] for k in ("description",) if k in node}}
     if node.get("x-kubernetes-int-or-string"):  # e.g. a quantity: its pattern checks strings, minimum ints
         return {"x-kubernetes-int-or-string": True, **{k: node[k] for k in _KEEP if k in node}}
     if "anyOf" in node:

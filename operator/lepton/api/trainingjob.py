@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, JsonValue, WithJsonSchema
 
 from lepton.api.base import INT32_MAX, UINT32_MAX, ApiModel, Int, Rule, exactly_one, immutable, local_uri, ordered
 from lepton.api.common import (
@@ -20,7 +20,8 @@ from lepton.api.common import (
     StorageLocation,
 )
 
-Task = Literal["causal-lm", "sequence-classification"]
+Task = Literal["causal-lm", "sequence-classification", "image-classification"]
+CLASSIFICATION_TASKS = ("sequence-classification", "image-classification")
 
 
 class ModelSpec(ModelSource):
@@ -54,6 +55,12 @@ class DataSpec(ApiModel):
     )
     text_field: str = Field(default="text", description="Column holding the input text.", min_length=1)
     label_field: str = Field(default="label", description="Column holding the label (classification).")
+    image_field: str = Field(
+        default="image",
+        description="image-classification from Parquet: the column of encoded image bytes (PNG, JPEG). A "
+        "directory of class subfolders needs no columns: each subfolder's name is a label.",
+        min_length=1,
+    )
     validation_fraction: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Held-out fraction for evaluation when no split exists."
     )
@@ -116,10 +123,73 @@ class ExportSpec(ApiModel):
     )
 
 
+# One hyperparameter of a program: any JSON value (numbers, strings, booleans, lists, objects); the
+# apiserver keeps it as written and the program reads them all as one JSON object.
+AnyJson = Annotated[JsonValue, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+
+
+class CustomTrainer(ApiModel):
+    """Your own program instead of the built-in trainer: a command in your image, started on every pod
+    under torchrun (one process per GPU), with the job's checkpoint, output and data locations and its
+    hyperparameters in LEPTON_* environment variables (see lepton.sdk)."""
+
+    image: str = Field(description="Image with your code, Python and PyTorch.", min_length=1, max_length=1024)
+    command: list[str] = Field(
+        min_length=1,
+        max_length=64,
+        description="What each process runs, e.g. [python, train.py]. Lepton starts it under torchrun; a "
+        "command that starts torchrun itself (torchrun, python -m torch.distributed.run) is run as it is, "
+        "with the rendezvous in torchrun's PET_* environment.",
+    )
+    args: list[str] = Field(default_factory=list, max_length=256, description="Arguments after the command.")
+    working_dir: str | None = Field(
+        default=None, max_length=4096, description="Working directory in the container; default: the image's."
+    )
+    hyperparameters: dict[str, AnyJson] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="Settings for your program, given to it as one JSON object in LEPTON_HYPERPARAMETERS "
+        "(lepton.sdk.hyperparameters()); a TuningStudy sets its parameters here.",
+    )
+
+
 class TrainingJobSpec(JobLifecycle):
     """A distributed fine-tuning run: `nodes` pods, each running torchrun with one process per GPU."""
 
     rules = (
+        Rule(
+            cel="has(self.model) || has(self.trainer)",
+            message="set model, data and hyperparameters for the built-in trainer, or trainer to run your own command",
+            check=lambda s: s.model is not None or s.trainer is not None,
+        ),
+        Rule(
+            cel="!has(self.model) || !has(self.trainer)",
+            message="model is for the built-in trainer and trainer runs your own command: set one or the other",
+            check=lambda s: s.model is None or s.trainer is None,
+        ),
+        Rule(
+            cel="has(self.trainer) || (has(self.data) && has(self.hyperparameters))",
+            message="the built-in trainer needs data and hyperparameters",
+            check=lambda s: s.trainer is not None or (s.data is not None and s.hyperparameters is not None),
+        ),
+        Rule(
+            cel="!has(self.trainer) || (!has(self.hyperparameters) && !has(self.distillation))",
+            message="hyperparameters and distillation are for the built-in trainer: give your program its "
+            "settings in trainer.hyperparameters",
+            check=lambda s: s.trainer is None or (s.hyperparameters is None and s.distillation is None),
+        ),
+        Rule(
+            cel="!has(self.trainer) || !has(self.image)",
+            message="your program's image goes in trainer.image (spec.image replaces the built-in trainer's)",
+            check=lambda s: s.trainer is None or s.image is None,
+        ),
+        Rule(
+            cel="!has(self.trainer) || (self.strategy == 'ddp' && (!has(self.export) || "
+            "self.export.quantization == 'none'))",
+            message="strategy and export are for the built-in trainer: your program chooses its own parallelism "
+            "and writes its own model",
+            check=lambda s: s.trainer is None or (s.strategy == "ddp" and s.export.quantization == "none"),
+        ),
         Rule(
             cel="has(self.nodes) || has(self.minNodes) || has(self.maxNodes)",
             message="set nodes, or minNodes and maxNodes for an elastic job",
@@ -142,22 +212,40 @@ class TrainingJobSpec(JobLifecycle):
             check=lambda s: s.backend != "nccl" or s.gpus_per_node > 0,
         ),
         Rule(
-            cel="self.task != 'sequence-classification' || has(self.model.numLabels)",
-            message="task sequence-classification needs model.numLabels",
-            check=lambda s: s.task != "sequence-classification" or s.model.num_labels is not None,
+            cel="!has(self.model) || !(self.task in ['sequence-classification', 'image-classification']) || "
+            "has(self.model.numLabels)",
+            message="tasks sequence-classification and image-classification need model.numLabels",
+            check=lambda s: s.model is None or s.task not in CLASSIFICATION_TASKS or s.model.num_labels is not None,
         ),
         immutable("task", "task"),
         immutable("model", "model"),
+        immutable("trainer", "trainer"),
         immutable("gpusPerNode", "gpusPerNode"),
     )
 
     image: str | None = Field(
-        default=None, description="Trainer image; default: the operator's trainer image.", max_length=1024
+        default=None,
+        description="Image of the built-in trainer; default: the operator's. Your own program's image goes in "
+        "trainer.image.",
+        max_length=1024,
     )
-    task: Task = Field(default="causal-lm", description="causal-lm or sequence-classification.")
-    model: ModelSpec = Field(description="The model to train and where it comes from.")
-    data: DataSpec = Field(description="The training data.")
-    hyperparameters: Hyperparameters = Field(description="Optimisation settings.")
+    task: Task = Field(
+        default="causal-lm",
+        description="causal-lm, sequence-classification (text) or image-classification (a vision model, e.g. ViT).",
+    )
+    model: ModelSpec | None = Field(
+        default=None, description="The built-in trainer: the model to train and where it comes from."
+    )
+    trainer: CustomTrainer | None = Field(
+        default=None, description="Your own program instead of the built-in trainer (model, hyperparameters)."
+    )
+    data: DataSpec | None = Field(
+        default=None,
+        description="The training data: required by the built-in trainer; your program finds it at LEPTON_DATA_PATH.",
+    )
+    hyperparameters: Hyperparameters | None = Field(
+        default=None, description="The built-in trainer's optimisation settings."
+    )
     nodes: Int | None = Field(default=None, ge=1, le=1024, description="Pods (machines); fixed size.")
     min_nodes: Int | None = Field(default=None, ge=1, le=1024, description="Elastic: fewest nodes to run with.")
     max_nodes: Int | None = Field(default=None, ge=1, le=1024, description="Elastic: most nodes to use.")

@@ -46,7 +46,8 @@ def trial_spec(template: TrainingJobSpec, parameters: Mapping[str, ParamValue], 
                dataset_version: str | None) -> TrainingJobSpec:  # fmt: skip
     """The template with `parameters` applied; raises TrialSpecError when the result is invalid."""
     wire = template.to_wire()
-    hyper = dict(wire.get("hyperparameters") or {})
+    program = dict(wire["trainer"]) if "trainer" in wire else None  # your own program: its hyperparameters
+    hyper = dict((program or wire).get("hyperparameters") or {})
     for name, value in parameters.items():
         if name in RESOURCE_TARGETS:
             wire[name] = _typed(value, name, wire)
@@ -55,7 +56,10 @@ def trial_spec(template: TrainingJobSpec, parameters: Mapping[str, ParamValue], 
                 wire.pop("maxNodes", None)
         else:
             hyper[name] = _typed(value, name, hyper)
-    wire["hyperparameters"] = hyper
+    if program is not None:
+        wire["trainer"] = {**program, "hyperparameters": hyper}
+    else:
+        wire["hyperparameters"] = hyper
     out = dict(wire["output"])
     if "pvc" in out:
         pvc = dict(out["pvc"])
@@ -64,10 +68,11 @@ def trial_spec(template: TrainingJobSpec, parameters: Mapping[str, ParamValue], 
     elif "uri" in out:
         out["uri"] = f"{str(out['uri']).rstrip('/')}/{output_leaf}"
     wire["output"] = out
-    data = dict(wire["data"])
+    data = dict(wire.get("data") or {})
     if "datasetRef" in data and dataset_version and not data["datasetRef"].get("version"):
         data["datasetRef"] = {**data["datasetRef"], "version": dataset_version}
-    wire["data"] = data
+    if data:
+        wire["data"] = data
     # A trial that cannot start (unschedulable, image pull) fails after this and is retried as an
     # infrastructure failure, instead of waiting forever.
     wire.setdefault("startupDeadlineSeconds", DEFAULT_STARTUP_DEADLINE)

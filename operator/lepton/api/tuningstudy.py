@@ -59,18 +59,13 @@ class Parameter(ApiModel):
             message="parameter: log and step cannot be combined (Optuna samples a log range continuously)",
             check=lambda p: not p.log or p.step is None,
         ),
-        Rule(
-            cel="self.name in [" + ", ".join(f"'{t}'" for t in TARGETS) + "]",
-            message="parameter: name must be a hyperparameter of the trial's TrainingJob (learningRate, "
-            "batchSize, warmupSteps, weightDecay, …) or one of nodes, gpusPerNode, procsPerNode",
-            check=lambda p: p.name in TARGETS,
-        ),
     )
 
     name: str = Field(
         description="What the parameter sets in each trial: a hyperparameter (camelCase, as in the "
-        "TrainingJob spec, e.g. learningRate) or nodes, gpusPerNode, procsPerNode.",
-        pattern=r"^[a-zA-Z][a-zA-Z0-9]*$",
+        "TrainingJob spec, e.g. learningRate) or nodes, gpusPerNode, procsPerNode; with a trainer template "
+        "(your own program), a key of trainer.hyperparameters (e.g. lr, hidden_size).",
+        pattern=r"^[a-zA-Z][a-zA-Z0-9_]*$",
         max_length=64,
     )
     type: Literal["float", "int", "categorical"] = Field(
@@ -175,6 +170,17 @@ class TuningStudySpec(ApiModel):
     rules = (
         exactly_one("objective", "objectives", where="study"),
         ordered("parallelism", "maxTrials", where="study"),
+        Rule(
+            cel="has(self.trialTemplate.trainingJob.trainer) || self.searchSpace.all(p, p.name in ["
+            + ", ".join(f"'{t}'" for t in TARGETS)
+            + "])",
+            message="searchSpace: a parameter's name must be a hyperparameter of the trial's TrainingJob "
+            "(learningRate, batchSize, warmupSteps, weightDecay, …) or one of nodes, gpusPerNode, procsPerNode; "
+            "a template with trainer (your own program) takes any name",
+            check=lambda s: (
+                s.trial_template.training_job.trainer is not None or all(p.name in TARGETS for p in s.search_space)
+            ),
+        ),
         Rule(
             cel="self.searchSpace.all(p, self.searchSpace.exists_one(q, q.name == p.name))",
             message="searchSpace: parameter names must be unique",

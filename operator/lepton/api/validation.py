@@ -95,6 +95,8 @@ def _unknown(value: Any, schema: Mapping[str, Any] | None, path: str, found: lis
     def at(key: str) -> str:
         return f"{path}.{key}" if path else key
 
+    if schema is not None and _kept_as_is(schema):
+        return
     if isinstance(value, dict):
         if schema is None:
             found += [at(k) for k in value]
@@ -136,8 +138,15 @@ def _decoding_problems(doc: Mapping[str, Any], root: Mapping[str, Any]) -> list[
 # --- step 2: defaulting ----------------------------------------------------------------------------
 
 
+def _kept_as_is(schema: Mapping[str, Any]) -> bool:
+    """Any JSON value (x-kubernetes-preserve-unknown-fields without properties): neither pruned nor walked."""
+    return bool(schema.get("x-kubernetes-preserve-unknown-fields")) and "properties" not in schema
+
+
 def _without_nulls(value: Any, schema: Mapping[str, Any] | None) -> Any:
     """`null` in an object is dropped, as the apiserver drops non-nullable nulls before defaulting."""
+    if schema is not None and _kept_as_is(schema):
+        return value
     if isinstance(value, dict) and schema is not None:
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties")

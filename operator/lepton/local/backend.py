@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from lepton.api.contract import ProgressReport
 from lepton.api.kinds import Resource
+from lepton.status.torchrun import program_lines, worker_exit_code
 
 R = TypeVar("R", bound=Resource)
 
@@ -58,6 +59,7 @@ class LocalProcess:
     log: Path
     progress_port: int | None = None  # serves GET /progress (a ProgressReport), if any
     ready_url: str | None = None  # a server: base URL whose /v2/health/ready answers 200 once it serves
+    cwd: Path | None = None  # its working directory (None: leptonctl's)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     ended: float | None = None  # monotonic time it was seen to exit
 
@@ -123,6 +125,7 @@ class RunOptions:
     poll_seconds: float = 0.5
     serve_once: bool = False  # a server: send its sample request once it is ready, print the answer, stop
     failure_grace_seconds: float = 30.0  # the others' time to end on their own once one failed
+    unknown_after_seconds: float = 20.0  # no /progress report by then: say progress is unknown
 
 
 def run(backend: LocalBackend[Any], options: RunOptions) -> int:
@@ -155,7 +158,7 @@ def run(backend: LocalBackend[Any], options: RunOptions) -> int:
         try:
             for p in processes:
                 with p.log.open("wb") as fh:
-                    p.proc = subprocess.Popen(p.argv, env={**os.environ, **p.env}, stdout=fh,
+                    p.proc = subprocess.Popen(p.argv, env={**os.environ, **p.env}, stdout=fh, cwd=p.cwd,
                                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
             _watch(processes, options, lambda: backend.serving(processes) if backend.serves else "")
             if backend.serves and options.serve_once and all(p.code is None for p in processes):
@@ -226,6 +229,7 @@ def _watch(processes: list[LocalProcess], options: RunOptions, serving: Callable
     reporter = next((p for p in processes if p.progress_port), None)
     servers = [p for p in processes if p.ready_url]
     last, stopping, announced = "", False, False
+    started, reported = time.monotonic(), False
     while True:
         now = time.monotonic()
         for p in processes:
@@ -248,8 +252,11 @@ def _watch(processes: list[LocalProcess], options: RunOptions, serving: Callable
             time.sleep(options.poll_seconds)
             continue
         report = read_progress(reporter.progress_port) if reporter and reporter.progress_port else None
-        if report is not None or not last:  # between the last step and exit the endpoint is gone
-            line = progress_line(report)
+        reported = reported or report is not None
+        silent = not reported and now - started > options.unknown_after_seconds
+        if report is not None or not last or (silent and last == progress_line(None)):
+            # between the last step and exit the endpoint is gone: the last line stays
+            line = UNKNOWN if silent else progress_line(report)
             if options.tty:
                 sys.stderr.write("\r" + line.ljust(len(last)))
                 sys.stderr.flush()
@@ -305,6 +312,9 @@ def read_progress(port: int) -> ProgressReport | None:
         return None
 
 
+UNKNOWN = "running; progress unknown: no /progress report (a program of your own reports through lepton.sdk)"
+
+
 def progress_line(report: ProgressReport | None, width: int = 30) -> str:
     if report is None or not report.total_steps:
         return "starting…"
@@ -353,9 +363,12 @@ def failure_report(failed: list[LocalProcess], run_dir: Path) -> list[str]:
     lines = {p.name: error_line(_log_text(p.log)) for p in failed}
     primary = [p for p in failed if lines[p.name] and not any(s in str(lines[p.name]) for s in _SECONDARY)]
     culprit = (primary or [p for p in failed if lines[p.name]] or failed)[0]
-    where = f"  full log: {culprit.log} (exit code {culprit.code}); every process's log is in {run_dir}"
+    text = _log_text(culprit.log)
+    code = worker_exit_code(text)  # torchrun exits 1 whatever its worker did: the worker's own code
+    code = culprit.code if code is None else code
+    where = f"  full log: {culprit.log} (exit code {code}); every process's log is in {run_dir}"
     line = lines[culprit.name]
     if line is not None:
         return [f"failed: {culprit.name}: {line}", where]
-    tail = _log_text(culprit.log).splitlines()[-15:]
-    return [f"failed: {culprit.name} exited with code {culprit.code}; its last lines:", *tail, where]
+    tail = program_lines(text, 15) if "ChildFailedError" in text else text.splitlines()[-15:]
+    return [f"failed: {culprit.name} exited with code {code}; its last lines:", *tail, where]

@@ -24,6 +24,7 @@ from lepton.local.backend import LocalBackend, LocalProcess, LocalRunError, free
 from lepton.local.dataset import published_dataset
 from lepton.local.results import METADATA, upstream_model
 from lepton.render.trainingjob import RenderSettings, Resolved, render
+from lepton.sdk import env as sdk_env
 from lepton.status.references import lineage_of
 
 __all__ = ["METADATA", "TrainingJobBackend", "free_port"]
@@ -44,29 +45,38 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
         spec = job.spec
         if spec.gpus_per_node:
             raise LocalRunError("gpusPerNode > 0: the local backend runs on CPU; set gpusPerNode: 0 (backend gloo)")
-        if spec.model.pvc is not None:
+        if spec.model is not None and spec.model.pvc is not None:
             raise LocalRunError("locally, model must be a uri (a local directory), a hub id, or a TrainingJob or "
                                 "TuningStudy run locally")  # fmt: skip
-        if spec.data.uri is None and spec.data.dataset_ref is None:
+        if spec.trainer is None and (spec.data is None or (spec.data.uri is None and spec.data.dataset_ref is None)):
             raise LocalRunError("locally, data must be a uri (a local file or directory) or a datasetRef")
+        if spec.data is not None and spec.data.pvc is not None:
+            raise LocalRunError("locally, data must be a uri (a local file or directory) or a datasetRef, not a pvc")
         if spec.suspend:
             raise LocalRunError("spec.suspend is true: a suspended TrainingJob runs no pod")
         super().__init__(job.model_copy(update={"metadata": job.metadata.model_copy(
             update={"uid": job.metadata.uid or "local"})}), runs_root)  # fmt: skip
-        model_uri, found = upstream_model(runs_root, spec.model)  # a best trial's or another job's model
+        model_uri, found = upstream_model(runs_root, spec.model) if spec.model else (None, {})
         data_uri = version = None
-        if (ref := spec.data.dataset_ref) is not None:  # the version its latest local preparation published
+        if spec.data is not None and (ref := spec.data.dataset_ref) is not None:  # its latest local version
             directory, version = published_dataset(runs_root, ref.name, ref.version)
             data_uri = str(directory / ref.split)
         lineage = lineage_of(self.resource, found, model_uri, version)
         resolved = Resolved(model_uri=model_uri, data_uri=data_uri, dataset_version=version, lineage=lineage)
         self.pods = [c for c in render(self.resource, 0, RenderSettings(), resolved) if c["kind"] == "Pod"]
         (container,) = self.pods[0]["spec"]["containers"]
-        self.config = TrainerConfig.model_validate_json(_env(container)[TRAINER_CONFIG_ENV])
-        self.output, self.checkpoints = Path(self.config.output_dir), Path(self.config.checkpoint_dir)
+        env = _env(container)
+        if spec.trainer is None:
+            self.config: TrainerConfig | None = TrainerConfig.model_validate_json(env[TRAINER_CONFIG_ENV])
+            self.output, self.checkpoints = Path(self.config.output_dir), Path(self.config.checkpoint_dir)
+        else:
+            self.config = None
+            self.output, self.checkpoints = Path(env[sdk_env.OUTPUT_DIR]), Path(env[sdk_env.CHECKPOINT_DIR])
 
     def processes(self, run_dir: Path) -> list[LocalProcess]:
         rendezvous, base_port = f"127.0.0.1:{free_port()}", free_port()
+        program = self.resource.spec.trainer
+        cwd = Path(program.working_dir) if program and program.working_dir else None
         out = []
         for index, pod in enumerate(self.pods):
             (container,) = pod["spec"]["containers"]
@@ -75,19 +85,23 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
             if missing:
                 raise LocalRunError(f"secret-backed env {missing} must be set in your environment to run locally")
             port, name = base_port + index * PORT_STRIDE, pod["metadata"]["name"]
+            summary = str(run_dir / f"{name}.summary.json")
             # One machine, several "pods": a metrics port and a termination log of its own each.
-            config = json.loads(env[TRAINER_CONFIG_ENV]) | {
-                "metricsPort": port,
-                "terminationLog": str(run_dir / f"{name}.summary.json"),
-            }
-            env[TRAINER_CONFIG_ENV] = json.dumps(config)
+            if program is None:
+                config = json.loads(env[TRAINER_CONFIG_ENV]) | {"metricsPort": port, "terminationLog": summary}
+                env[TRAINER_CONFIG_ENV] = json.dumps(config)
+            else:
+                env |= {sdk_env.METRICS_PORT: str(port), sdk_env.METRICS_HOST: "127.0.0.1",
+                        sdk_env.TERMINATION_LOG: summary}  # fmt: skip
+                if "PET_RDZV_ENDPOINT" in env:
+                    env["PET_RDZV_ENDPOINT"] = rendezvous
             env.pop("HOME", None)  # the pod's read-only-root layout; locally the user's own
             for key in ("HF_HOME", "TRITON_CACHE_DIR"):
                 env[key] = str(run_dir / "cache" / key.lower())
             argv = [f"--rdzv-endpoint={rendezvous}" if a.startswith("--rdzv-endpoint=") else a
-                    for a in container["command"][1:]]  # fmt: skip
-            argv = [sys.executable, "-m", "torch.distributed.run", *argv]  # the image's torchrun
-            out.append(LocalProcess(name, argv, env, run_dir / f"{name}.log", port))
+                    for a in container["command"]]  # fmt: skip
+            out.append(LocalProcess(name, _here(argv), env, run_dir / f"{name}.log", port,
+                                    cwd=cwd if cwd is not None and cwd.is_dir() else None))  # fmt: skip
         return out
 
     def starting(self, processes: list[LocalProcess]) -> str:
@@ -99,7 +113,8 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
             meta = json.loads((self.output / METADATA).read_text())
         except (OSError, ValueError):
             return None
-        return meta if isinstance(meta, dict) and meta.get("job") == self.config.job else None
+        job = self.config.job if self.config else None
+        return meta if isinstance(meta, dict) and meta.get("job") == job else None
 
     def _last_checkpoint(self) -> tuple[int, Path] | None:
         done = []
@@ -110,6 +125,8 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
         return max(done, default=None)
 
     def finished(self) -> str | None:
+        if self.config is None:
+            return None  # a program of its own: it resumes from its checkpoints itself
         if self.config.resume != "latest":
             return None  # every run starts from step 0
         meta, last = self._metadata(), self._last_checkpoint()
@@ -145,9 +162,36 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
         return f"interrupted: checkpoint of step {last[0]} in {last[1]}; run the same command again to resume"
 
     def succeeded(self, run_dir: Path) -> str:
+        if self.config is None:
+            summary = _summary(run_dir / f"{self.pods[0]['metadata']['name']}.summary.json")
+            told = ", ".join(f"{k} {_number(v)}" for k, v in sorted(summary.items())) or "no final metrics reported"
+            return f"succeeded: output in {self.output} ({told}); logs in {run_dir}"
         meta = self._metadata() or {}
         return (f"succeeded: model in {self.output} (final loss {_number(meta.get('final_loss'))}, "
                 f"eval loss {_number(meta.get('eval_loss'))}); logs in {run_dir}")  # fmt: skip
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    """The final metrics of rank 0's summary (lepton.sdk.finish), or {}."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    metrics = doc.get("metrics") if isinstance(doc, dict) else None
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _here(argv: list[str]) -> list[str]:
+    """A pod's command as this machine runs it: the image's python and torchrun are this Python's."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg in ("python", "python3") and (i == 0 or argv[i - 1] == "--no-python"):
+            out.append(sys.executable)
+        elif arg == "torchrun" and i == 0:
+            out += [sys.executable, "-m", "torch.distributed.run"]
+        else:
+            out.append(arg)
+    return out
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:

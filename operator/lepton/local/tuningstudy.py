@@ -145,7 +145,9 @@ class TuningStudyBackend(LocalBackend[TuningStudy]):
         self.journal = study_dir(runs_root, study.metadata.name)
         TrainingJobBackend(trial_job(self.resource, 0, {}), runs_root)  # what a trial cannot do here, in its words
         self.version: str | None = None
-        if (ref := template.data.dataset_ref) is not None:  # pinned for every trial, as on a cluster
+        if (
+            template.data is not None and (ref := template.data.dataset_ref) is not None
+        ):  # pinned for every trial, as on a cluster
             _, self.version = published_dataset(runs_root, ref.name, ref.version)
 
     def processes(self, run_dir: Path) -> list[LocalProcess]:
@@ -368,6 +370,8 @@ def _trained_as(backend: TrainingJobBackend) -> bool:
     except (OSError, ValueError):
         return False
     config = backend.config
+    if config is None:  # a program of its own: its trial is run again
+        return False
     return isinstance(meta, dict) and (meta.get("hyperparameters"), meta.get("data"), meta.get("source_model")) == (
         config.hyperparameters.to_wire(),
         config.data.to_wire(),

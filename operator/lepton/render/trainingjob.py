@@ -36,6 +36,7 @@ from lepton.render.common import (
     secret_env,
     selector,
 )
+from lepton.sdk import env as sdk_env
 
 COMPONENT = "trainer"
 SHM_PER_GPU_GI = 8  # NCCL's shared-memory transport; /dev/shm defaults to 64Mi in a container
@@ -99,24 +100,20 @@ def _strip_file(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
-def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> TrainerConfig:
-    spec = job.spec
-    model = spec.model
-    if resolved.model_uri:
-        model_path = model_location(resolved.model_uri, mounts)
-    elif model.pvc is not None:
-        model_path = mounts.path(model.pvc.claim_name, model.pvc.path, read_only=True)
-    elif model.hub is not None:
-        model_path = model.hub.id
-    else:
-        model_path = _strip_file(model.uri or "")
-    data = spec.data
+def data_path(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> str | None:
+    """The training data as the pod sees it (None: a custom program that reads none)."""
+    data = job.spec.data
     if resolved.data_uri:
-        data_path = model_location(resolved.data_uri, mounts)  # a Dataset on a PVC is mounted read-only
-    elif data.pvc is not None:
-        data_path = mounts.path(data.pvc.claim_name, data.pvc.path, read_only=True)
-    else:
-        data_path = _strip_file(data.uri or "")
+        return model_location(resolved.data_uri, mounts)  # a Dataset on a PVC is mounted read-only
+    if data is None:
+        return None
+    if data.pvc is not None:
+        return mounts.path(data.pvc.claim_name, data.pvc.path, read_only=True)
+    return _strip_file(data.uri or "")
+
+
+def output_and_checkpoint_dirs(job: TrainingJob, mounts: Mounts) -> tuple[str, str]:
+    spec = job.spec
     out = spec.output
     output_dir = mounts.path(out.pvc.claim_name, out.pvc.path, False) if out.pvc else _strip_file(out.uri or "")
     ckpt = spec.checkpoint.location
@@ -126,6 +123,24 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> Trai
         checkpoint_dir = mounts.path(ckpt.pvc.claim_name, ckpt.pvc.path, read_only=False)
     else:
         checkpoint_dir = _strip_file(ckpt.uri or "")
+    return output_dir, checkpoint_dir
+
+
+def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> TrainerConfig:
+    """The built-in trainer's configuration (a job with spec.model)."""
+    spec = job.spec
+    model, data, hyper = spec.model, spec.data, spec.hyperparameters
+    if model is None or data is None or hyper is None:
+        raise ValueError("the built-in trainer needs model, data and hyperparameters")
+    if resolved.model_uri:
+        model_path = model_location(resolved.model_uri, mounts)
+    elif model.pvc is not None:
+        model_path = mounts.path(model.pvc.claim_name, model.pvc.path, read_only=True)
+    elif model.hub is not None:
+        model_path = model.hub.id
+    else:
+        model_path = _strip_file(model.uri or "")
+    output_dir, checkpoint_dir = output_and_checkpoint_dirs(job, mounts)
     return TrainerConfig(
         job=f"{job.metadata.namespace or 'default'}/{job.metadata.name}",
         task=spec.task,
@@ -133,15 +148,16 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> Trai
         init=model.init,
         num_labels=model.num_labels,
         data=TrainerData(
-            path=data_path,
+            path=data_path(job, resolved, mounts) or "",
             format=data.format,
             text_field=data.text_field,
+            image_field=data.image_field,
             label_field=data.label_field,
             validation_fraction=data.validation_fraction,
             dataset=data.dataset_ref.name if data.dataset_ref else None,
             dataset_version=resolved.dataset_version,
         ),
-        hyperparameters=spec.hyperparameters,
+        hyperparameters=hyper,
         backend=backend(spec),
         strategy=spec.strategy,
         checkpoint_dir=checkpoint_dir,
@@ -157,6 +173,31 @@ def trainer_config(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> Trai
     )
 
 
+def program_env(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> dict[str, str]:
+    """What a custom program learns from its environment (`lepton.sdk.env`), in the names it reads."""
+    spec = job.spec
+    output_dir, checkpoint_dir = output_and_checkpoint_dirs(job, mounts)
+    env = {
+        sdk_env.JOB: f"{job.metadata.namespace or 'default'}/{job.metadata.name}",
+        sdk_env.OUTPUT_DIR: output_dir,
+        sdk_env.CHECKPOINT_DIR: checkpoint_dir,
+        sdk_env.CHECKPOINT_EVERY_STEPS: str(spec.checkpoint.every_steps),
+        sdk_env.CHECKPOINT_KEEP: str(spec.checkpoint.keep),
+        sdk_env.RESUME: spec.checkpoint.resume,
+        sdk_env.HYPERPARAMETERS: json.dumps(spec.trainer.hyperparameters if spec.trainer else {}, sort_keys=True),
+        sdk_env.METRICS_PORT: str(METRICS_PORT),
+        sdk_env.TERMINATION_LOG: TERMINATION_LOG,
+    }
+    path = data_path(job, resolved, mounts)
+    if path is not None:
+        env[sdk_env.DATA_PATH] = path
+    if spec.data is not None and spec.data.dataset_ref is not None:
+        env[sdk_env.DATASET] = spec.data.dataset_ref.name
+    if resolved.dataset_version:
+        env[sdk_env.DATASET_VERSION] = resolved.dataset_version
+    return env
+
+
 def _teacher_path(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> str | None:
     teacher = job.spec.distillation.teacher if job.spec.distillation else None
     if teacher is None:
@@ -170,32 +211,70 @@ def _teacher_path(job: TrainingJob, resolved: Resolved, mounts: Mounts) -> str |
     return _strip_file(teacher.uri) if teacher.uri else None
 
 
-def torchrun_command(job: TrainingJob, attempt: int, service: str) -> list[str]:
+QUIET_TORCHRUN = "import sys; from torch.distributed.run import main; sys.tracebacklimit = 0; main()"
+
+
+def torchrun_options(job: TrainingJob, attempt: int, service: str) -> dict[str, str]:
+    """torchrun's options for one gang attempt, by their names (nnodes, rdzv_id, …)."""
     spec = job.spec
     total, minimum = spec.node_counts()
-    nnodes = str(total) if total == minimum else f"{minimum}:{total}"
     namespace = job.metadata.namespace or "default"
-    return [
-        "torchrun",
-        f"--nnodes={nnodes}",
-        f"--nproc-per-node={procs_per_node(spec)}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={job.metadata.name}-0.{service}.{namespace}.svc:{RENDEZVOUS_PORT}",
-        f"--rdzv-id={rendezvous_id(job.metadata.uid or job.metadata.name, attempt)}",
+    return {
+        "nnodes": str(total) if total == minimum else f"{minimum}:{total}",
+        "nproc_per_node": str(procs_per_node(spec)),
+        "rdzv_backend": "c10d",
+        "rdzv_endpoint": f"{job.metadata.name}-0.{service}.{namespace}.svc:{RENDEZVOUS_PORT}",
+        "rdzv_id": rendezvous_id(job.metadata.uid or job.metadata.name, attempt),
         # A fixed-size gang never restarts ranks in place: the operator restarts it whole. An elastic
         # gang's agents re-form the rendezvous when a node is lost or (re)joins, resuming from the latest
         # checkpoint; the operator counts those losses against the same backoffLimit.
-        f"--max-restarts={spec.backoff_limit if total != minimum else 0}",
-        "-m",
-        "lepton.workloads.trainer",
-    ]
+        "max_restarts": str(spec.backoff_limit if total != minimum else 0),
+    }
 
 
-def _env(job: TrainingJob, config: TrainerConfig, resolved: Resolved) -> list[dict[str, Any]]:
+def launches_torchrun(command: list[str]) -> bool:
+    """Whether a custom command starts torchrun itself: `torchrun …` or `python -m torch.distributed.run …`."""
+    program = command[0].rsplit("/", 1)[-1]
+    if program == "torchrun":
+        return True
+    return program.startswith("python") and command[1:3] in (["-m", "torch.distributed.run"],
+                                                              ["-m", "torch.distributed.launch"])  # fmt: skip
+
+
+def torchrun_command(job: TrainingJob, attempt: int, service: str) -> list[str]:
+    """The container's command. The built-in trainer and a custom command run under torchrun with the
+    gang's options; a custom command that starts torchrun itself gets them as PET_* variables instead
+    (torchrun reads each option from PET_<NAME>), so its own flags still win where it sets some."""
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in torchrun_options(job, attempt, service).items()]
+    program = job.spec.trainer
+    if program is None:
+        return ["torchrun", *options, "-m", "lepton.workloads.trainer"]
+    if launches_torchrun(program.command):
+        return [*program.command, *program.args]
+    # torchrun without its launcher's traceback: Kubernetes keeps the last 2 KiB of a failed container's
+    # log as its termination message, and that traceback alone would fill it; the program's own last
+    # lines and torchrun's summary (the worker's exit code) fit. --no-python: the command runs as given.
+    return ["python3", "-c", QUIET_TORCHRUN, *options, "--no-python", *program.command, *program.args]
+
+
+def torchrun_env(job: TrainingJob, attempt: int, service: str) -> dict[str, str]:
+    """PET_* variables: the gang's torchrun options for a custom command that starts torchrun itself."""
+    program = job.spec.trainer
+    if program is None or not launches_torchrun(program.command):
+        return {}
+    return {f"PET_{k.upper()}": v for k, v in torchrun_options(job, attempt, service).items()}
+
+
+def _env(job: TrainingJob, attempt: int, resolved: Resolved, mounts: Mounts) -> list[dict[str, Any]]:
     total, minimum = job.spec.node_counts()
-    ours = [{"name": TRAINER_CONFIG_ENV, "value": json.dumps(config.to_wire(), sort_keys=True)}]
+    if job.spec.trainer is None:
+        config = trainer_config(job, resolved, mounts)
+        ours = [{"name": TRAINER_CONFIG_ENV, "value": json.dumps(config.to_wire(), sort_keys=True)}]
+    else:
+        program = program_env(job, resolved, mounts) | torchrun_env(job, attempt, job.metadata.name)
+        ours = [{"name": k, "value": v} for k, v in program.items()]
     ours += [{"name": k, "value": v} for k, v in resolved.extra_env.items()]
-    hub = job.spec.model.hub
+    hub = job.spec.model.hub if job.spec.model else None
     if hub is not None and hub.token_secret_ref is not None:
         ours.append(secret_env("HF_TOKEN", hub.token_secret_ref.name, hub.token_secret_ref.key))
     defaults = TORCH_ENV | (ELASTIC_ENV if total != minimum else {})
@@ -240,7 +319,7 @@ def render_pod(
     name = job.metadata.name
     total, minimum = spec.node_counts()
     mounts = Mounts()
-    config = trainer_config(job, resolved, mounts)
+    env = _env(job, attempt, resolved, mounts)
     metadata = child_metadata(job, pod_name(name, attempt, index), COMPONENT,
                               **{Label.ATTEMPT: str(attempt), Label.NODE_INDEX: str(index)})  # fmt: skip
     labels = metadata["labels"]
@@ -258,9 +337,9 @@ def render_pod(
     shm = f"{max(spec.gpus_per_node, 1) * SHM_PER_GPU_GI}Gi" if spec.gpus_per_node else "1Gi"
     container: dict[str, Any] = {
         "name": COMPONENT,
-        "image": spec.image or settings.trainer_image,
+        "image": spec.trainer.image if spec.trainer else spec.image or settings.trainer_image,
         "command": torchrun_command(job, attempt, name),
-        "env": _env(job, config, resolved),
+        "env": env,
         "ports": [
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},
@@ -270,6 +349,7 @@ def render_pod(
         # Rank 0 writes its TrainingSummary (final metrics) there on success; a failure's log tail otherwise.
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        **({"workingDir": spec.trainer.working_dir} if spec.trainer and spec.trainer.working_dir else {}),
         "volumeMounts": [
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "tmp", "mountPath": "/tmp"},

@@ -98,6 +98,6 @@ class PodView:
             role=str(labels.get(Label.ROLE, "")),
             last_reason=last_reason,
             last_exit_code=last_code,
-            last_message=last_message.strip()[:1000],
+            last_message=last_message.strip()[-2048:],  # a log's tail: its end matters
             summary=summary.strip()[:4096],
         )

@@ -66,9 +66,10 @@ def model_sources(resource: Resource) -> list[tuple[str, ModelSource | None]]:
 def dataset_ref(resource: Resource) -> DatasetRef | None:
     match resource:
         case TrainingJob(spec=spec):
-            return spec.data.dataset_ref
+            return spec.data.dataset_ref if spec.data else None
         case TuningStudy(spec=spec):
-            return spec.trial_template.training_job.data.dataset_ref
+            data = spec.trial_template.training_job.data
+            return data.dataset_ref if data else None
     return None
 
 

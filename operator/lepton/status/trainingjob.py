@@ -20,8 +20,10 @@ from lepton.status.clock import parse_time, rfc3339
 from lepton.status.pods import PodView
 from lepton.status.progress import evaluations_from, progress_from, summary_metrics
 from lepton.status.story import Story
+from lepton.status.torchrun import program_lines, worker_exit_code
 
 MAX_FAILURES = 20  # status.failures' maxItems
+MAX_FAILURE_MESSAGE = 1024  # characters of a failure's message kept (its end: the last lines)
 REFERENCE_LOOK_SECONDS = 5.0  # while waiting for a Dataset or a model from another resource
 STALLING_WAIT_REASONS = (
     "ImagePullBackOff",
@@ -55,10 +57,27 @@ def backoff_seconds(restarts: int, base: float = 10.0, cap: float = 300.0) -> fl
 
 
 def _failure(pod: PodView, attempt: int, now: datetime, *, elastic: bool = False) -> Failure:
+    """The pod's failure: torchrun exits 1 whatever failed, so the worker's own exit code and last lines
+    come from its report in the termination message (the log's tail), when it is there."""
     reason = pod.terminated_reason or "Error"
-    message = pod.message or (f"exit code {pod.exit_code}" if pod.exit_code is not None else "")
+    exit_code = worker_exit_code(pod.last_message) if pod.last_message else None
+    if exit_code is None:
+        exit_code = pod.exit_code
+    lines = program_lines(pod.last_message) if pod.last_message else []
+    message = pod.message or "\n".join(lines) or (f"exit code {exit_code}" if exit_code is not None else "")
     return Failure(attempt=attempt, pod=pod.name, pod_uid=pod.uid, elastic=elastic, reason=reason,
-                   exit_code=pod.exit_code, message=message, time=rfc3339(now))  # fmt: skip
+                   exit_code=exit_code, message=message[-MAX_FAILURE_MESSAGE:], time=rfc3339(now))  # fmt: skip
+
+
+def _told(failure: Failure) -> str:
+    """A failure in one line: pod, reason, exit code and the last line the program wrote."""
+    text = f"{failure.pod}: {failure.reason}"
+    if failure.exit_code is not None:
+        text += f" (exit code {failure.exit_code})"
+    last = failure.message.strip().splitlines()[-1] if failure.message.strip() else ""
+    if last and last != f"exit code {failure.exit_code}":
+        text += f": {last}"
+    return text
 
 
 def _first_failure(pods: Sequence[PodView], attempt: int, now: datetime) -> Failure | None:
@@ -171,14 +190,11 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     if failure is not None:
         failures = _recorded(previous.failures, [failure])
         c.status = c.status.model_copy(update={"failures": failures})
-        detail = f"{failure.pod}: {failure.reason}" + (f" (exit code {failure.exit_code})"
-                                                       if failure.exit_code is not None else "")  # fmt: skip
+        detail = _told(failure)
         if previous.restarts >= spec.backoff_limit:
-            first = failures[0]
             return fail(Reason.BACKOFF_LIMIT_EXCEEDED,
                         f"{previous.restarts + 1} attempts failed (backoffLimit {spec.backoff_limit}); first failure: "
-                        f"{first.pod}: {first.reason}" + (f" (exit code {first.exit_code})"
-                                                          if first.exit_code is not None else ""))  # fmt: skip
+                        f"{_told(failures[0])}")  # fmt: skip
         wait = backoff_seconds(previous.restarts + 1, backoff_base)
         c.story(ready=False, reconciling=True, stalled=False, reason=failure.reason,
                 message=f"Rank failed, restarting the whole gang in {wait:.0f}s: {detail}")  # fmt: skip
@@ -232,8 +248,12 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
     if len(running) >= minimum and len(current) >= minimum:
         if not started:
             c.status = c.status.model_copy(update={"start_time": rfc3339(now)})
-        c.story(ready=True, reconciling=False, stalled=False, reason=Reason.RUNNING,
-                message=f"{len(running)} of {total} nodes running")  # fmt: skip
+        message = f"{len(running)} of {total} nodes running"
+        if c.status.progress is None:  # said, not guessed: a program that never reports leaves it unknown
+            message += "; progress unknown: rank 0 has reported none" + (
+                " (a program reports through lepton.sdk)" if spec.trainer is not None else " yet"
+            )
+        c.story(ready=True, reconciling=False, stalled=False, reason=Reason.RUNNING, message=message)
         return done(Phase.RUNNING, create=True, keep=names)
 
     if spec.startup_deadline_seconds is not None and created is not None:
