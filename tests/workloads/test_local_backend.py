@@ -140,7 +140,8 @@ def test_a_failing_workload_says_its_own_error_first(tmp_path: Path) -> None:
     failed = next(i for i, line in enumerate(lines) if line.startswith("failed: "))
     assert lines[failed].startswith("failed: quickstart-0-")
     assert "[trainer] error:" in lines[failed] and "training rows are fewer than one step needs" in lines[failed]
-    assert lines[failed + 1].strip().startswith("full log: ") and ".log (exit code 1)" in lines[failed + 1]
+    # The trainer exits 3 for a problem the user can fix; torchrun exits 1 whatever failed: the worker's code is told.
+    assert lines[failed + 1].strip().startswith("full log: ") and ".log (exit code 3)" in lines[failed + 1]
     assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -125,7 +125,7 @@ class RunOptions:
     poll_seconds: float = 0.5
     serve_once: bool = False  # a server: send its sample request once it is ready, print the answer, stop
     failure_grace_seconds: float = 30.0  # the others' time to end on their own once one failed
-    unknown_after_seconds: float = 20.0  # no /progress report by then: say progress is unknown
+    unknown_after_seconds: float = 10.0  # no /progress report by then: say progress is unknown
 
 
 def run(backend: LocalBackend[Any], options: RunOptions) -> int:
@@ -260,7 +260,7 @@ def _watch(processes: list[LocalProcess], options: RunOptions, serving: Callable
             if options.tty:
                 sys.stderr.write("\r" + line.ljust(len(last)))
                 sys.stderr.flush()
-            elif line.count("#") != last.count("#") or not last:
+            elif not last or (line != last and (line.count("#") != last.count("#") or not line.startswith("["))):
                 options.echo(line)
             last = line
         time.sleep(options.poll_seconds)
