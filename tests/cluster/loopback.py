@@ -27,8 +27,10 @@ from typing import Any
 
 from lepton.api.contract import DATA_CONFIG_ENV, SERVER_CONFIG_ENV, TRAINER_CONFIG_ENV
 from lepton.api.tuner import STORAGE_URL_ENV, TUNER_CONFIG_ENV
-from lepton.local.trainingjob import free_port
+from lepton.local.trainingjob import free_port, local_argv
+from lepton.sdk import env as sdk_env
 from tests.cluster.kube import Kube
+from tests.conftest import ROOT
 from tests.workloads.conftest import tree
 
 LOOPBACK_CIDR = "127.77.0.0/24"
@@ -54,6 +56,15 @@ def ensure_node(kube: Kube) -> None:
     }  # fmt: skip
     kube.run("create", "-f", "-", stdin=json.dumps(node))  # POST: apply would reset the status kwok reads
     kube.run("wait", "--for=condition=Ready", f"node/{NODE}", "--timeout=60s")
+
+
+def _log_tail(log: Path, max_bytes: int = 2048, max_lines: int = 80) -> str:
+    """What a kubelet keeps of a failed container's log as its termination message."""
+    try:
+        data = log.read_bytes()[-max_bytes:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-max_lines:])
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
@@ -164,6 +175,7 @@ class LoopbackRuntime:
     def _start(self, pod: dict[str, Any], ip: str) -> Running:
         name = pod["metadata"]["name"]
         (container,) = pod["spec"]["containers"]
+        cwd: Path | None = None
         env = {**os.environ, **_env(container), "HOME": str(self.workdir), "PYTHONUNBUFFERED": "1"}
         log = self.workdir / f"{name}.log"
         message: Path | None = None
@@ -181,6 +193,15 @@ class LoopbackRuntime:
             env[TUNER_CONFIG_ENV] = json.dumps(config)
             env[STORAGE_URL_ENV] = self.storage_url
             argv = [sys.executable, "-m", "lepton.workloads.tuner"]
+        elif TRAINER_CONFIG_ENV not in env:  # a TrainingJob running your own program (custom mode)
+            message = self.workdir / f"{name}.termination-log"
+            env |= {sdk_env.METRICS_HOST: ip, sdk_env.TERMINATION_LOG: str(message)}
+            rendezvous = f"127.0.0.1:{free_port()}"
+            if "PET_RDZV_ENDPOINT" in env:
+                env["PET_RDZV_ENDPOINT"] = rendezvous
+            argv = local_argv([f"--rdzv-endpoint={rendezvous}" if a.startswith("--rdzv-endpoint=") else a
+                               for a in container["command"]])  # fmt: skip
+            cwd = ROOT  # the image's workingDir: here, the checkout (examples/custom/train.py)
         else:
             message = self.workdir / f"{name}.termination-log"
             config = json.loads(env[TRAINER_CONFIG_ENV]) | {"metricsHost": ip, "terminationLog": str(message)}
@@ -192,15 +213,19 @@ class LoopbackRuntime:
                     *[f"--rdzv-endpoint={rendezvous}" if a.startswith("--rdzv-endpoint=") else a
                       for a in container["command"][1:]]]  # fmt: skip
         fh = log.open("wb")
-        proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=cwd)  # fmt: skip
         return Running(name, ip, proc, message, log, always=pod["spec"].get("restartPolicy", "Always") == "Always")
 
     def _finish(self, name: str, code: int, run: Running) -> None:
         """The fake runtime ends the pod the way the real process ended, with its termination message."""
         notes = {"lepton.ai/fake-outcome": "Succeeded" if code == 0 else "Failed", "lepton.ai/fake-after": "0s",
                  "lepton.ai/fake-exit-code": str(code)}  # fmt: skip
-        if run.message is not None and run.message.exists():
-            notes["lepton.ai/fake-message"] = run.message.read_text()[:4096]
+        text = run.message.read_text()[:4096] if run.message is not None and run.message.exists() else ""
+        if not text and code != 0:  # terminationMessagePolicy FallbackToLogsOnError: the log's last 2 KiB
+            text = _log_tail(run.log)
+        if text:
+            notes["lepton.ai/fake-message"] = text
         self.kube.patch("pod", name, self.namespace, {"metadata": {"annotations": notes}})
 
     def wait_idle(self, timeout: float = 30) -> None:

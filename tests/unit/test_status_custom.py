@@ -107,3 +107,19 @@ def test_torchrun_report_reading() -> None:
     own = 'Traceback (most recent call last):\n  File "train.py", line 3\nValueError: bad\n' + QUIET
     assert program_lines(own, 8)[:3] == ["Traceback (most recent call last):", '  File "train.py", line 3',
                                          "ValueError: bad"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("summary", "step", "percent"),
+    [
+        ('{"step": 160, "metrics": {"accuracy": 0.91}}', 160, 100),  # lepton.sdk.finish: the end, not the last poll
+        ("", 70, 43),  # no summary (no SDK): the last report read stays
+        ("not json", 70, 43),
+    ],
+)
+def test_success_shows_the_end_when_rank_0_said_where_it_ended(summary: str, step: int, percent: int) -> None:
+    last = decide(custom(), [pod(0), pod(1)], NOW, progress=ProgressReport.parse({"step": 70, "totalSteps": 160}))
+    done = decide(custom(status=last.status.to_wire()), [replace(pod(0, "Succeeded"), summary=summary),
+                                                         pod(1, "Succeeded")], NOW)  # fmt: skip
+    assert done.status.phase == "Succeeded" and done.status.progress is not None
+    assert (done.status.progress.step, done.status.progress.percent) == (step, percent)

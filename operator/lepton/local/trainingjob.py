@@ -27,7 +27,7 @@ from lepton.render.trainingjob import RenderSettings, Resolved, render
 from lepton.sdk import env as sdk_env
 from lepton.status.references import lineage_of
 
-__all__ = ["METADATA", "TrainingJobBackend", "free_port"]
+__all__ = ["METADATA", "TrainingJobBackend", "free_port", "local_argv"]
 
 TRAIN_LOG = "train_log.jsonl"  # the trainer appends one line a step
 COMPLETE = "COMPLETE"  # the trainer's mark of a checkpoint written in full (workloads/trainer/checkpoint.py)
@@ -100,7 +100,7 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
                 env[key] = str(run_dir / "cache" / key.lower())
             argv = [f"--rdzv-endpoint={rendezvous}" if a.startswith("--rdzv-endpoint=") else a
                     for a in container["command"]]  # fmt: skip
-            out.append(LocalProcess(name, _here(argv), env, run_dir / f"{name}.log", port,
+            out.append(LocalProcess(name, local_argv(argv), env, run_dir / f"{name}.log", port,
                                     cwd=cwd if cwd is not None and cwd.is_dir() else None))  # fmt: skip
         return out
 
@@ -181,7 +181,7 @@ def _summary(path: Path) -> dict[str, Any]:
     return metrics if isinstance(metrics, dict) else {}
 
 
-def _here(argv: list[str]) -> list[str]:
+def local_argv(argv: list[str]) -> list[str]:
     """A pod's command as this machine runs it: the image's python and torchrun are this Python's."""
     out = []
     for i, arg in enumerate(argv):

@@ -37,6 +37,21 @@ def evaluations_from(previous: Sequence[Evaluation], report: ProgressReport) -> 
     return [by_step[s] for s in sorted(by_step)][-MAX_EVALUATIONS:]
 
 
+def finished_progress(previous: Progress | None, message: str) -> Progress | None:
+    """Progress once rank 0 succeeded: the step of its summary, 100%, nothing left (the last report read
+    is usually from before the end: the endpoint closes with the program). None when no summary says."""
+    try:
+        doc = json.loads(message)
+    except ValueError:
+        return previous
+    step = _finite(doc.get("step")) if isinstance(doc, dict) else None
+    if step is None or step < 0:
+        return previous
+    base = previous or Progress()
+    return base.model_copy(update={"step": int(step), "percent": 100, "eta_seconds": 0,
+                                   "total_steps": base.total_steps or int(step)})  # fmt: skip
+
+
 def summary_metrics(message: str) -> dict[str, str]:
     """The final metrics in rank 0's termination message (a TrainingSummary); {} for anything else."""
     try:
@@ -49,4 +64,11 @@ def summary_metrics(message: str) -> dict[str, str]:
     return {str(k): metric_text(v) for k, raw in metrics.items() if (v := _finite(raw)) is not None}
 
 
-__all__ = ["TrainingSummary", "evaluations_from", "metric_text", "progress_from", "summary_metrics"]
+__all__ = [
+    "TrainingSummary",
+    "evaluations_from",
+    "finished_progress",
+    "metric_text",
+    "progress_from",
+    "summary_metrics",
+]

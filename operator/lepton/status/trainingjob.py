@@ -18,7 +18,7 @@ from lepton.api.kinds import TrainingJob
 from lepton.api.trainingjob import Failure, TrainingJobStatus, pod_name
 from lepton.status.clock import parse_time, rfc3339
 from lepton.status.pods import PodView
-from lepton.status.progress import evaluations_from, progress_from, summary_metrics
+from lepton.status.progress import evaluations_from, finished_progress, progress_from, summary_metrics
 from lepton.status.story import Story
 from lepton.status.torchrun import program_lines, worker_exit_code
 
@@ -236,9 +236,13 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         c.story(ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
                 message=f"Training finished; model in {output_location(job)}")  # fmt: skip
         rank0 = next((p for p in current if p.index == 0), None)
-        metrics = summary_metrics(rank0.summary) if rank0 is not None and rank0.summary else {}
-        c.status = c.status.model_copy(update={"completion_time": rfc3339(now), "output_model": output_location(job),
-                                               "metrics": metrics or previous.metrics})  # fmt: skip
+        summary = rank0.summary if rank0 is not None else ""
+        metrics = summary_metrics(summary) if summary else {}
+        c.status = c.status.model_copy(update={
+            "completion_time": rfc3339(now), "output_model": output_location(job),
+            "metrics": metrics or previous.metrics,
+            "progress": finished_progress(c.status.progress, summary) if summary else c.status.progress,
+        })  # fmt: skip
         return done(Phase.SUCCEEDED, create=False, keep=frozenset(p.name for p in current))
 
     stalled_pod = next((p for p in current if p.waiting_reason in STALLING_WAIT_REASONS), None)
