@@ -15,6 +15,7 @@ from lepton.api.common import Lineage
 from lepton.api.dataset import Augment, Decontaminate, Split, Step
 from lepton.api.inferenceservice import ALL_PROTOCOLS, Protocol, ServeTask
 from lepton.api.trainingjob import DistillationSpec, Hyperparameters, Task
+from lepton.sdk.progress import MAX_EVALUATIONS  # one number, the SDK's
 
 TRAINER_CONFIG_ENV = "LEPTON_TRAINER_CONFIG"
 METRICS_PORT = 9090
@@ -60,7 +61,7 @@ class TrainerConfig(ApiModel):
     )
 
 
-MAX_EVALUATIONS = 20  # evaluations a progress report (and a TrainingJob's status) carries, newest last
+# MAX_EVALUATIONS: the evaluations a progress report (and a TrainingJob's status) carries, newest last.
 
 
 class TrainingSummary(ApiModel):

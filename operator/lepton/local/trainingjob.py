@@ -24,13 +24,13 @@ from lepton.local.backend import LocalBackend, LocalProcess, LocalRunError, free
 from lepton.local.dataset import published_dataset
 from lepton.local.results import METADATA, upstream_model
 from lepton.render.trainingjob import RenderSettings, Resolved, render
+from lepton.sdk import checkpoints
 from lepton.sdk import env as sdk_env
 from lepton.status.references import lineage_of
 
 __all__ = ["METADATA", "TrainingJobBackend", "free_port", "local_argv"]
 
 TRAIN_LOG = "train_log.jsonl"  # the trainer appends one line a step
-COMPLETE = "COMPLETE"  # the trainer's mark of a checkpoint written in full (workloads/trainer/checkpoint.py)
 PORT_STRIDE = 100  # between the metrics ports of two local "pods" (each rank adds its local rank)
 
 
@@ -117,12 +117,8 @@ class TrainingJobBackend(LocalBackend[TrainingJob]):
         return meta if isinstance(meta, dict) and meta.get("job") == job else None
 
     def _last_checkpoint(self) -> tuple[int, Path] | None:
-        done = []
-        for path in self.checkpoints.glob("step-*") if self.checkpoints.is_dir() else []:
-            number = path.name.removeprefix("step-")
-            if number.isdigit() and (path / COMPLETE).exists():
-                done.append((int(number), path))
-        return max(done, default=None)
+        path = checkpoints.latest(self.checkpoints)  # the layout both trainers write (lepton.sdk.checkpoints)
+        return (checkpoints.step_of(path), path) if path is not None else None
 
     def finished(self) -> str | None:
         if self.config is None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from lepton.api.contract import MAX_EVALUATIONS, ProgressReport, TrainingSummary, _finite
+from lepton.api.contract import ProgressReport, TrainingSummary, _finite
 from lepton.api.trainingjob import Evaluation, Progress
+from lepton.sdk.progress import MAX_EVALUATIONS
 
 
 def progress_from(report: ProgressReport) -> Progress:
