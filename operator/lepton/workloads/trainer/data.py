@@ -1,11 +1,15 @@
-"""Training rows from jsonl, csv or parquet files, tokenised once, ordered deterministically."""
+"""Training rows from jsonl, csv or parquet files, tokenised once, ordered deterministically.
+
+What the training loop needs of a split is `Samples`: its length and a batch of model inputs for a
+list of row indices. Text gives `Packed` (here), images give `images.Images`.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -18,6 +22,39 @@ class TrainerError(ValueError):
 
 class DataError(TrainerError):
     pass
+
+
+class Samples(Protocol):
+    """One split of a task's data, encoded once. `epoch` is given for the training split only: a split
+    with random augmentation draws it as a pure function of (seed, epoch, row), so resume stays exact."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: list[int], epoch: int | None = None) -> dict[str, torch.Tensor]: ...
+
+
+def split(n: int, seed: int, validation_fraction: float) -> tuple[list[int], list[int]]:
+    """(training rows, validation rows) of `n` rows: the validation split is the first
+    `int(n * validation_fraction)` rows of a seeded permutation, the same for every task."""
+    order = epoch_order(n, seed, -1)
+    n_eval = int(n * validation_fraction)
+    return order[n_eval:], order[:n_eval]
+
+
+def read_parquet(file: Path, columns: list[str] | None = None) -> Any:
+    """The pyarrow Table in `file` (only `columns`, when given: each must be there)."""
+    try:
+        import pyarrow.parquet as pq  # optional: only parquet input needs it
+    except ImportError as exc:
+        raise DataError("parquet input needs pyarrow in the trainer image") from exc
+    try:
+        names = pq.read_schema(file).names
+    except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
+        raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in columns or () if c not in names]
+    if missing:
+        raise DataError(f"{file}: no column {missing[0]!r} (it has {', '.join(names) or 'none'})")
+    return pq.read_table(file, columns=columns)
 
 
 def _files(path: Path) -> list[Path]:
@@ -42,11 +79,7 @@ def read_rows(data: TrainerData) -> list[dict[str, Any]]:
             with file.open(newline="") as fh:
                 rows += list(csv.DictReader(fh))
         else:
-            try:
-                import pyarrow.parquet as pq  # optional: only parquet input needs it
-            except ImportError as exc:
-                raise DataError("parquet input needs pyarrow in the trainer image") from exc
-            rows += pq.read_table(file).to_pylist()
+            rows += read_parquet(file).to_pylist()
     missing = [i for i, r in enumerate(rows) if not isinstance(r.get(data.text_field), str)]
     if missing:
         raise DataError(f"{len(missing)} rows have no text in field {data.text_field!r} (first: row {missing[0]})")
@@ -78,7 +111,7 @@ class Packed:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def batch(self, indices: list[int], epoch: int | None = None) -> dict[str, torch.Tensor]:
         idx = torch.tensor(indices, dtype=torch.long)
         width = int(self.lengths[idx].max())
         ids, mask = self.input_ids[idx, :width], self.attention[idx, :width]

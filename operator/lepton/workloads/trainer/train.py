@@ -1,6 +1,10 @@
 """The training loop: DDP or FSDP over torchrun's process group (see parallel.py), gradient accumulation,
 LR schedule, clipping, evaluation, checkpoints every N steps and on SIGTERM, exact resume, final export.
 
+Tasks: causal-lm and sequence-classification on text (data.py: tokenised rows), image-classification on
+images (images.py: decoded pixels, augmented per (seed, epoch, row)). The loop sees only the model and
+two `Samples` splits; `_prepare` is where the tasks differ.
+
 Exact resume rests on three things: the data order is a pure function of (seed, epoch); a checkpoint
 holds weights, optimizer, schedule and every rank's random state; and the step being resumed is
 recomputed from the global step, so a resumed run replays the uninterrupted run's loss curve.
@@ -14,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +28,34 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     get_scheduler,
 )
 
 from lepton.api.contract import TrainerConfig, TrainingSummary
-from lepton.api.trainingjob import Hyperparameters
-from lepton.workloads.trainer import checkpoint
-from lepton.workloads.trainer.data import DataError, Packed, TrainerError, epoch_order, read_rows, tokenize
+from lepton.api.trainingjob import CLASSIFICATION_TASKS, Hyperparameters
+from lepton.workloads.trainer import checkpoint, images
+from lepton.workloads.trainer.data import (
+    DataError,
+    Packed,
+    Samples,
+    TrainerError,
+    epoch_order,
+    read_rows,
+    split,
+    tokenize,
+)
 from lepton.workloads.trainer.export import export_int8
 from lepton.workloads.trainer.parallel import Parallel, parallelize
 from lepton.workloads.trainer.progress import Progress
 
+MODEL_CLASSES: dict[str, Any] = {
+    "causal-lm": AutoModelForCausalLM,
+    "sequence-classification": AutoModelForSequenceClassification,
+    "image-classification": AutoModelForImageClassification,
+}
 STOP_CHECK_STEPS = 10
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped on request, after a checkpoint
 TERMINATION_LOG_BYTES = 4096  # what Kubernetes keeps of a termination message
@@ -96,9 +116,16 @@ def log(rank: int, message: str) -> None:
         print(f"[trainer] {message}", file=sys.stderr, flush=True)
 
 
+def _named_labels(config: Any) -> dict[int, str] | None:
+    """A config's label names, unless they are the LABEL_<i> placeholders transformers makes up."""
+    names = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    return None if all(v == f"LABEL_{k}" for k, v in names.items()) else names
+
+
 class Distiller:
     """Knowledge distillation: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the task loss,
-    over the positions the task loss counts (non-padding tokens, or the sequence for classification)."""
+    over the positions the task loss counts (non-padding tokens, or the sequence for classification).
+    The teacher sees the student's inputs: the same tokenizer, or images of the same size."""
 
     def __init__(self, cfg: TrainerConfig, student_config: Any, device: torch.device) -> None:
         assert cfg.distillation is not None
@@ -106,13 +133,23 @@ class Distiller:
         if not cfg.teacher_path:
             raise TrainerError("distillation needs a teacher model location (distillation.teacher)")
         config = AutoConfig.from_pretrained(cfg.teacher_path)
-        size = config.num_labels if cfg.task == "sequence-classification" else config.vocab_size
-        wanted = student_config.num_labels if cfg.task == "sequence-classification" else student_config.vocab_size
+        classify = cfg.task in CLASSIFICATION_TASKS
+        size = config.num_labels if classify else config.vocab_size
+        wanted = student_config.num_labels if classify else student_config.vocab_size
         if size != wanted:
             raise TrainerError(f"teacher and student disagree on the output size ({size} != {wanted}): "
                                "distillation needs the same tokenizer or label set")  # fmt: skip
-        cls: Any = AutoModelForSequenceClassification if cfg.task == "sequence-classification" else AutoModelForCausalLM
-        self.teacher: Any = cls.from_pretrained(cfg.teacher_path).to(device).eval()
+        theirs, mine = _named_labels(config), _named_labels(student_config)
+        if classify and theirs is not None and mine is not None and theirs != mine:
+            raise TrainerError(f"teacher and student disagree on the labels ({theirs} != {mine}): "
+                               "distillation needs the same label set, in the same order")  # fmt: skip
+        if cfg.task == "image-classification":
+            for attr in ("image_size", "num_channels"):
+                theirs_, mine_ = getattr(config, attr, None), getattr(student_config, attr, None)
+                if theirs_ is not None and theirs_ != mine_:
+                    raise TrainerError(f"teacher and student disagree on the input images ({attr} {theirs_} != "
+                                       f"{mine_}): the teacher is given the student's pixels")  # fmt: skip
+        self.teacher: Any = MODEL_CLASSES[cfg.task].from_pretrained(cfg.teacher_path).to(device).eval()
         self.teacher.requires_grad_(False)
 
     def loss(self, student_out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -129,15 +166,14 @@ class Distiller:
         return combined
 
 
-def _load_model(cfg: TrainerConfig) -> Any:
-    config = AutoConfig.from_pretrained(cfg.model_path)
-    if cfg.task == "sequence-classification":
-        config.num_labels = cfg.num_labels or config.num_labels
-        cls: Any = AutoModelForSequenceClassification
-    else:
-        cls = AutoModelForCausalLM
+def _load_model(cfg: TrainerConfig, config: Any) -> Any:
+    """The task's model built from `config`: fresh weights (init: config) or the pretrained ones, a
+    classification head of another size than the checkpoint's started afresh."""
+    cls = MODEL_CLASSES[cfg.task]
     if cfg.init == "config":
         return cls.from_config(config)
+    if cfg.task in CLASSIFICATION_TASKS:
+        return cls.from_pretrained(cfg.model_path, config=config, ignore_mismatched_sizes=True)
     return cls.from_pretrained(cfg.model_path, config=config)
 
 
@@ -161,17 +197,49 @@ def total_steps(
 
 def _unsharded(cfg: TrainerConfig, trained: Any, weights: dict[str, Any]) -> Any:
     """A plain (unsharded, CPU) copy of the trained model for export, built from its own config."""
-    cls: Any = AutoModelForSequenceClassification if cfg.task == "sequence-classification" else AutoModelForCausalLM
-    model = cls.from_config(trained.config)
+    model = MODEL_CLASSES[cfg.task].from_config(trained.config)
     model.load_state_dict(weights)
     return model
 
 
+@dataclass
+class Prepared:
+    """What a task brings to the loop: the model, its two splits, and what is saved beside the model so
+    that it can be used (the tokenizer, or an image processor)."""
+
+    model: Any
+    train: Samples
+    evals: Samples
+    preprocessor: Any
+
+
+def _prepare(cfg: TrainerConfig) -> Prepared:
+    config = AutoConfig.from_pretrained(cfg.model_path)
+    if cfg.task == "image-classification":
+        geo = images.geometry(cfg.model_path, config)
+        train, evals, labels, count = images.load(cfg.data, geo, num_labels=cfg.num_labels,
+                                                  seed=cfg.hyperparameters.seed)  # fmt: skip
+        kept = _named_labels(config)
+        names = labels.names or (list(kept.values()) if kept and sorted(kept) == list(range(count)) else None)
+        config.num_labels = count
+        if names is not None:
+            config.id2label, config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+        return Prepared(_load_model(cfg, config), train, evals, images.processor(geo))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    pad_id = int(tokenizer.pad_token_id)
+    if cfg.task == "sequence-classification":
+        config.num_labels = cfg.num_labels or config.num_labels
+    model = _load_model(cfg, config)
+    model.config.pad_token_id = pad_id
+    return Prepared(model, *_samples(cfg, tokenizer, pad_id), tokenizer)
+
+
 def _samples(cfg: TrainerConfig, tokenizer: Any, pad_id: int) -> tuple[Packed, Packed]:
     rows = read_rows(cfg.data)
-    order = epoch_order(len(rows), cfg.hyperparameters.seed, -1)
-    n_eval = int(len(rows) * cfg.data.validation_fraction)
-    evals, trains = [rows[i] for i in order[:n_eval]], [rows[i] for i in order[n_eval:]]
+    train_rows, eval_rows = split(len(rows), cfg.hyperparameters.seed, cfg.data.validation_fraction)
+    evals, trains = [rows[i] for i in eval_rows], [rows[i] for i in train_rows]
 
     def encode(part: list[dict[str, Any]]) -> Packed:
         if cfg.task == "sequence-classification":
@@ -192,15 +260,15 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 def _evaluate(
-    par: Parallel, data: Packed, cfg: TrainerConfig, *, rank: int, world: int, device: torch.device
+    par: Parallel, data: Samples, cfg: TrainerConfig, *, rank: int, world: int, device: torch.device
 ) -> dict[str, float]:
-    """The validation split's mean loss (`eval_loss`) and, for sequence classification, its accuracy
+    """The validation split's mean loss (`eval_loss`) and, for classification, its accuracy
     (`eval_accuracy`: the logits are there already); {} without a validation split. One collective."""
     if not len(data):
         return {}
     model = par.model
     model.eval()
-    classify = cfg.task == "sequence-classification"
+    classify = cfg.task in CLASSIFICATION_TASKS
     sums = torch.zeros(3, device=device)  # loss x rows, rows, rows predicted right
     batch = cfg.hyperparameters.batch_size
     mine = list(range(rank, len(data), world))
@@ -270,13 +338,8 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     torch.use_deterministic_algorithms(True, warn_only=True)
     stop = Stop(device)
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    pad_id = int(tokenizer.pad_token_id)
-    model = _load_model(cfg)
-    model.config.pad_token_id = pad_id
-    train, evals = _samples(cfg, tokenizer, pad_id)
+    prepared = _prepare(cfg)
+    model, train, evals = prepared.model, prepared.train, prepared.evals
     per_step = world * hp.batch_size * hp.gradient_accumulation_steps
     if len(train) < per_step:
         raise DataError(f"{len(train)} training rows are fewer than one step needs ({per_step} = world {world} "
@@ -332,7 +395,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
             first = (micro * world + rank) * hp.batch_size
             items = block[first : first + hp.batch_size]
             with par.micro_step(sync=micro == hp.gradient_accumulation_steps - 1):
-                batch = _to(train.batch(items), device)
+                batch = _to(train.batch(items, epoch), device)
                 output = par(**batch)
                 task_loss = distiller.loss(output, batch) if distiller is not None else output.loss
                 loss = task_loss / hp.gradient_accumulation_steps
@@ -360,8 +423,9 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
         rate = per_step * (step - progress.state["startStep"]) / max(time.monotonic() - started, 1e-9)
         progress.update(step=step, epoch=epoch + position / len(train), loss=loss_value, samplesPerSecond=rate,
                         evalLoss=evaluation.get("eval_loss"))  # fmt: skip
-        if history_file is not None:
-            history_file.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
+        if history_file is not None:  # with the evaluation made at this step, if one was
+            row = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}
+            history_file.write(json.dumps(row | (evaluation if evaluated_at == step else {})) + "\n")
             history_file.flush()
         if step % cfg.checkpoint_every_steps == 0 or preempted or step == total:
             state = {**par.training_state(optimizer), "scheduler": scheduler.state_dict(),
@@ -396,7 +460,7 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
     if rank == 0:
         final = _unsharded(cfg, model, weights) if weights is not None else model
         final.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        prepared.preprocessor.save_pretrained(out)
         quantized = export_int8(final, out) if cfg.quantization == "dynamic-int8" else None
         meta = {"job": cfg.job, "task": cfg.task, "steps": step, "total_steps": total, "world_size": world,
                 "final_loss": loss_value, "eval_loss": eval_loss, "eval_accuracy": evaluation.get("eval_accuracy"),
