@@ -187,10 +187,11 @@ def _sa_kubeconfig(dev_cluster: DevCluster, kube: Kube, release: dict[str, str],
     return path
 
 
-def gang(kube: Kube, namespace: str) -> set[str]:
-    """The TrainingJob's live pods (the examples' Dataset has a preparation pod too)."""
+def gang(kube: Kube, namespace: str, job: str = "rbac-job") -> set[str]:
+    """The job's live pods (the examples run beside it: a Dataset's preparation, the custom example's gang)."""
     return {p["metadata"]["name"] for p in live_pods(kube, namespace)
-            if p["metadata"]["labels"].get(Label.KIND) == "TrainingJob"}  # fmt: skip
+            if p["metadata"]["labels"].get(Label.KIND) == "TrainingJob"
+            and p["metadata"]["labels"].get(Label.NAME) == job}  # fmt: skip
 
 
 def take_a_job_through_its_life(kube: Kube, namespace: str) -> None:

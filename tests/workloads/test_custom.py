@@ -26,9 +26,11 @@ def leptonctl(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600, check=False)  # fmt: skip
 
 
-def manifest(tmp_path: Path, command: list[str] | None = None, **hyper: Any) -> Path:
+def manifest(tmp_path: Path, command: list[str] | None = None, spec: dict[str, Any] | None = None,
+             **hyper: Any) -> Path:  # fmt: skip
     doc = yaml.safe_load(CUSTOM.read_text())
     doc["spec"]["output"]["uri"] = str(tmp_path / "out")
+    doc["spec"] |= spec or {}
     if command is not None:
         doc["spec"]["trainer"]["command"] = command
     doc["spec"]["trainer"]["hyperparameters"] |= hyper
@@ -76,7 +78,11 @@ def test_a_program_that_exits_3_fails_with_code_3_and_its_last_lines(tmp_path: P
         "print('bad column: label is missing', file=sys.stderr, flush=True)\n"
         "sys.exit(3 if os.environ['RANK'] == '0' else 0)\n"
     )
-    proc = leptonctl("run", "-f", str(manifest(tmp_path, ["python", str(program)])), "--runs-dir", str(tmp_path / "r"))
+    # One node of 2 processes: its torchrun stops the other worker at once (with 2 nodes, the other node's
+    # agent would wait for its peer until leptonctl stops it).
+    one_node = {"nodes": 1, "procsPerNode": 2}
+    proc = leptonctl("run", "-f", str(manifest(tmp_path, ["python", str(program)], one_node)),
+                     "--runs-dir", str(tmp_path / "r"))  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
     lines = proc.stderr.splitlines()
     failed = next(i for i, line in enumerate(lines) if line.startswith("failed: "))

@@ -242,6 +242,10 @@ def _watch(processes: list[LocalProcess], options: RunOptions, serving: Callable
         if not stopping and first_failure is not None and now - first_failure > options.failure_grace_seconds:
             signal_all(running, signal.SIGTERM)
             stopping = True
+        elif stopping and first_failure is not None and now - first_failure > 2 * options.failure_grace_seconds:
+            # torchrun's agent waiting on its peers (an exit barrier, a rendezvous) handles SIGTERM only when
+            # that wait ends, minutes later: a kubelet would kill it after the grace period, and so do we.
+            signal_all(running, signal.SIGKILL)
         if servers:
             if not announced and all(is_ready(str(p.ready_url)) for p in servers):
                 announced = True
@@ -335,7 +339,8 @@ def progress_line(report: ProgressReport | None, width: int = 30) -> str:
 _RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
 _ERROR_LINE = re.compile(r"^(?:\[[\w-]+\] )?error: .+|^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)(?:: .*)?$")
 _LAUNCHER = ("ChildFailedError", "torch.distributed.elastic")  # torchrun's own report of a child's failure
-_SECONDARY = ("closed by peer", "reset by peer", "Broken pipe", "DistNetworkError", "DistBackendError")
+_SECONDARY = ("closed by peer", "reset by peer", "Broken pipe", "DistNetworkError", "DistBackendError",
+              "DistStoreError")  # fmt: skip
 
 
 def error_line(log: str) -> str | None:
@@ -362,7 +367,7 @@ def failure_report(failed: list[LocalProcess], run_dir: Path) -> list[str]:
     failed = sorted(failed, key=lambda p: (p.ended or 0.0, p.name))
     lines = {p.name: error_line(_log_text(p.log)) for p in failed}
     primary = [p for p in failed if lines[p.name] and not any(s in str(lines[p.name]) for s in _SECONDARY)]
-    culprit = (primary or [p for p in failed if lines[p.name]] or failed)[0]
+    culprit = (primary or failed)[0]  # no error of its own anywhere: the one that ended first
     text = _log_text(culprit.log)
     code = worker_exit_code(text)  # torchrun exits 1 whatever its worker did: the worker's own code
     code = culprit.code if code is None else code
