@@ -193,3 +193,45 @@ def test_a_study_without_storage_gets_a_journal_pvc_of_its_own(
     st = eventually(unschedulable, timeout=60, what="Reconciling: Unschedulable")
     assert st["phase"] == "Pending" and st["tuner"] == "plain-tuner"
     assert "PersistentVolumeClaim" in next(c for c in st["conditions"] if c["type"] == "Reconciling")["message"]
+
+
+def test_a_study_of_your_own_program_reads_its_objective_and_evaluations_from_the_sdk(
+    kube: Kube, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """Trials of a custom-mode template (examples/custom/train.py, real processes): the tuner tells Optuna
+    the evaluations the program reported through lepton.sdk, and its objective is what lepton.sdk.finish
+    wrote; the searched parameters reach the program in trainer.hyperparameters."""
+    ensure_node(kube)
+    ns, db = namespace, tmp_path / "study.db"
+    db_secret(kube, ns, f"sqlite:///{db}")
+    doc = study("mine", tmp_path / "out", maxTrials=2, parallelism=2)
+    doc["spec"]["searchSpace"] = [{"name": "lr", "type": "float", "low": 0.005, "high": 0.2, "log": True},
+                                  {"name": "hidden", "type": "categorical", "choices": ["16", "32"]}]  # fmt: skip
+    template = doc["spec"]["trialTemplate"]["trainingJob"]
+    for key in ("model", "data", "hyperparameters"):
+        template.pop(key)
+    template |= {
+        "procsPerNode": 2,
+        "trainer": {
+            "image": "lepton/trainer:0.1.0",
+            "command": ["python", "examples/custom/train.py"],
+            # step_sleep: ~20 s a trial, for the operator (which reads /progress every 10 s) to see evaluations
+            "hyperparameters": {"batch_size": 64, "epochs": 3, "eval_every": 8, "seed": 3, "step_sleep": 0.4},
+        },
+    }
+    with LoopbackRuntime(kube, ns, tmp_path, storage_url=f"sqlite:///{db}") as runtime:
+        kube.apply(doc, ns)
+        final = eventually(lambda: finished(kube, ns, "mine"), timeout=300, interval=1, what="study finished")
+        assert not runtime.errors, runtime.errors
+    assert final["phase"] == "Succeeded" and final["trialsDone"] == "2/2", final
+    jobs = {t["metadata"]["name"]: t for t in trials(kube, ns, "mine")}
+    for top in final["topTrials"]:
+        job = jobs[f"mine-{top['number']}"]
+        # The objective is the program's final eval_loss (lepton.sdk.finish), as the job's status shows it.
+        assert float(top["value"]) == float(job["status"]["metrics"]["eval_loss"]), (top, job["status"])
+        assert [e["step"] for e in job["status"].get("evaluations", [])][:1] == [8], json.dumps(job["status"])
+        params = job["spec"]["trainer"]["hyperparameters"]
+        assert isinstance(params["lr"], float) and params["hidden"] in (16, 32) and params["epochs"] == 3
+    with sqlite3.connect(db) as conn:  # the evaluations reached Optuna as intermediate values
+        steps = {s for (s,) in conn.execute("SELECT step FROM trial_intermediate_values")}
+    assert 8 in steps, steps
