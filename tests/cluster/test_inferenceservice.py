@@ -264,7 +264,12 @@ def test_a_service_monitor_once_the_prometheus_operator_api_is_served(
         st = eventually(lambda: monitored("False", "APINotServed"), timeout=90, what="Monitored=False, served")
         assert "install the Prometheus Operator's CRDs" in conditions(st)["Monitored"]["message"]
         kube.run("apply", "--server-side", "-f", str(crds / "monitoring.coreos.com_servicemonitors.yaml"))
-    eventually(lambda: monitored("True", "ServiceMonitorCreated"), timeout=90, what="the ServiceMonitor")
+    try:
+        eventually(lambda: monitored("True", "ServiceMonitorCreated"), timeout=90, what="the ServiceMonitor")
+    except AssertionError as exc:  # say what was seen instead: Ready, Monitored, the API's discovery
+        seen = conditions(status(kube, namespace, "watched"))
+        served = kube.run(*listed, check=False).stdout.strip()
+        raise AssertionError(f"{exc}; conditions {seen}; api-resources {served!r}") from exc
     monitor = kube.get("servicemonitor", "watched", namespace)
     uid = kube.get("inferenceservice", "watched", namespace)["metadata"]["uid"]
     assert [r["uid"] for r in monitor["metadata"]["ownerReferences"] if r.get("controller")] == [uid]
