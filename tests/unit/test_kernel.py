@@ -225,6 +225,93 @@ def test_a_loop_survives_every_failure_and_counts_it(trainingjob_body: dict[str,
                        "RuntimeError": 1}  # fmt: skip
 
 
+class Discovering(Binding[TrainingJob]):
+    """A binding whose cluster knowledge another object's pass may change (as an API gets installed)."""
+
+    info = KINDS["TrainingJob"]
+
+    def __init__(self) -> None:
+        self.calls, self.api = 0, False
+
+    def learned(self) -> Any:
+        return self.api
+
+    def plan(self, resource: TrainingJob, observed: Observed, resolution: Resolution, now: datetime,
+             extra: Any) -> Plan:  # fmt: skip
+        self.calls += 1
+        return Plan(status=resource.status)
+
+    def next_look(self, body: Any) -> tuple[float, bool]:
+        return 0.01, False  # settled: passes are skipped while nothing changes
+
+
+def test_what_one_pass_learns_of_the_cluster_runs_every_objects_next_pass(trainingjob_body: dict[str, Any]) -> None:
+    """The flake this pins: a ServiceMonitor never came for an object that slept on its fingerprint while
+    another object's pass learned that the monitoring API had been installed."""
+
+    async def run() -> tuple[int, int, int]:
+        binding, client = Discovering(), KubeClient()
+        reconciler = Reconciler(binding, client, OperatorMetrics(), EventRecorder(client))
+        reconciler.track(("ns", "j"), trainingjob_body)
+        await asyncio.sleep(0.2)
+        settled = binding.calls
+        await asyncio.sleep(0.2)
+        quiet = binding.calls
+        binding.api = True  # learned elsewhere; nothing about this object changed
+        await asyncio.sleep(0.2)
+        await reconciler.stop_all()
+        return settled, quiet, binding.calls
+
+    settled, quiet, after = asyncio.run(run())
+    assert settled == quiet == 1, "a settled object is not planned again while nothing changes"
+    assert after == 2, "the change in what the kind knows of the cluster planned it once more"
+
+
+class Gone(Binding[TrainingJob]):
+    """Every pass fails with 404, as a pass of an object deleted while the watch was down does."""
+
+    info = KINDS["TrainingJob"]
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def plan(self, resource: TrainingJob, observed: Observed, resolution: Resolution, now: datetime,
+             extra: Any) -> Plan:  # fmt: skip
+        self.calls += 1
+        raise KubeError(404, 'namespaces "ns" not found', "NotFound")
+
+    def next_look(self, body: Any) -> tuple[float, bool]:
+        return 0.01, True
+
+
+class Lookup(KubeClient):
+    """A client whose only answer is the GET of the object itself (found or not)."""
+
+    def __init__(self, found: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.found = found
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.found
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["gone", "still-there"])
+def test_a_loop_ends_when_its_object_is_gone_and_only_then(trainingjob_body: dict[str, Any], exists: bool) -> None:
+    async def run() -> tuple[int, bool]:
+        binding, client = Gone(), Lookup(trainingjob_body if exists else None)
+        reconciler = Reconciler(binding, client, OperatorMetrics(), EventRecorder(client),
+                                error_backoff=(0.001, 0.01), stall_after=1000)  # fmt: skip
+        reconciler.track(("ns", "j"), trainingjob_body)
+        await asyncio.sleep(0.3)
+        tracked = ("ns", "j") in reconciler._states
+        await reconciler.stop_all()
+        return binding.calls, tracked
+
+    calls, tracked = asyncio.run(run())
+    assert tracked == exists
+    assert (calls > 3) if exists else (calls == 1), calls
+
+
 @pytest.fixture
 def trainingjob_body() -> dict[str, Any]:
     doc = yaml.safe_load((EXAMPLES / "quickstart" / "trainingjob.yaml").read_text())

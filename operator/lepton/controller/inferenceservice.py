@@ -5,7 +5,7 @@ where the cluster serves the Gateway API, and its plan (the pure `decide` compos
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,9 @@ class InferenceServiceBinding(Binding[InferenceService]):
             gateway, monitoring = await client.serves(*GATEWAY_API), await client.serves(*MONITORING_API)
             if gateway is not None and monitoring is not None:  # a failed discovery keeps the last answers
                 self._gateway, self._monitoring, self._asked = gateway, monitoring, time.monotonic()
+
+    def learned(self) -> Hashable:
+        return self._gateway, self._monitoring
 
     async def fetch_children(self, client: KubeClient, key: Key, body: Mapping[str, Any]) -> dict[str, list[Any]]:
         found: dict[str, list[Any]] = {}

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -75,6 +75,12 @@ class Binding(ABC, Generic[R]):
 
     async def prepare(self, client: KubeClient) -> None:
         """Learn what the plan needs of the cluster (e.g. discovery), before each pass; cheap when known."""
+
+    def learned(self) -> Hashable:
+        """What `prepare` knows of the cluster. It is shared by all objects of the kind, so one object's
+        pass may learn it (an API installed meanwhile) while another sleeps on an unchanged fingerprint:
+        a change makes every object's next pass run in full."""
+        return None
 
     def needs_references(self, resource: R, observed: Observed) -> bool:
         """Whether to fetch referenced objects this pass (else the last resolution is reused)."""
@@ -171,11 +177,28 @@ class Reconciler(Generic[R]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a loop survives anything; the error is counted and retried
+                if await self._vanished(key, exc):
+                    return
                 wait = await self._failed(key, state, exc)
             if key not in self._states:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.wake.wait(), timeout=max(wait, 0.0))
+
+    async def _vanished(self, key: Key, exc: Exception) -> bool:
+        """kopf tells no DELETED for an object removed while its watch was down (an apiserver restart, a
+        namespace deleted meanwhile): a pass failing with 404 asks whether the object itself is gone, and
+        then its loop ends instead of retrying forever."""
+        if not (isinstance(exc, KubeError) and exc.status == 404):
+            return False
+        try:
+            if await self.client.get(API_VERSION, self.kind, *key) is not None:
+                return False
+        except Exception:  # cannot tell: the ordinary retry follows
+            return False
+        log.info("%s %s/%s is gone (deleted while unwatched): its loop ends", self.kind, *key)
+        await self.forget(key)
+        return True
 
     async def _failed(self, key: Key, state: _State, exc: Exception) -> float:
         state.failures += 1
@@ -196,11 +219,13 @@ class Reconciler(Generic[R]):
     # --- one pass -----------------------------------------------------------------------------
     async def _pass(self, key: Key, state: _State) -> float:
         body = state.body
+        await self.binding.prepare(self.client)
         observed = await self._observe(key, body)
         extra = await self.binding.observe_extra(key, body, observed)
         every, force = self.binding.next_look(body)
         children, generation = _children_fingerprint(observed), _meta(body).get("generation")
-        fingerprint = (generation, _canonical(body.get("status")), children, repr(extra))
+        learned = self.binding.learned()
+        fingerprint = (generation, _canonical(body.get("status")), children, repr(extra), learned)
         due = state.due is not None and time.monotonic() >= state.due - 0.05
         if fingerprint == state.fingerprint and not force and not due:
             return every if state.due is None else min(every, state.due - time.monotonic())
@@ -213,7 +238,7 @@ class Reconciler(Generic[R]):
         if state.written is not None:
             # The watch will echo the status just written; a plan is a fixed point of its own status, so
             # that echo alone needs no pass (anything else that changed in between still runs one).
-            fingerprint = (generation, _canonical(state.written), children, repr(extra))
+            fingerprint = (generation, _canonical(state.written), children, repr(extra), learned)
             state.written = None
         state.fingerprint = fingerprint if outcome != "stalled" else None  # a stall is looked at again in full
         state.due = time.monotonic() + requeue if requeue is not None else None
@@ -242,7 +267,6 @@ class Reconciler(Generic[R]):
             await self._write_status(body, previous, new, common_events(previous, new))
             state.written = new.to_wire()
             return None, "invalid"
-        await self.binding.prepare(self.client)
         resolution = await self._resolve(state, resource, observed)
         plan: Plan = self.binding.plan(resource, observed, resolution, _now(), extra)  # type: ignore[arg-type]
         status = planned = with_lineage(plan.status, resolution)

@@ -4,7 +4,7 @@ progress, and its plan (the pure `decide` composed with the pure `render`)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +45,9 @@ class TrainingJobBinding(Binding[TrainingJob]):
             self._gang = await client.serves(*GANG_API)
             if self._gang is None:
                 raise KubeError(0, "discovery of scheduling.k8s.io/v1beta1 failed; pods wait until it answers")
+
+    def learned(self) -> Hashable:
+        return self._gang
 
     def needs_references(self, resource: TrainingJob, observed: Observed) -> bool:
         return not observed.of("Pod")  # a running gang keeps what it was started with
