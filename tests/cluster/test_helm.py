@@ -3,6 +3,7 @@ real control plane, and RBAC proven by running the operator AS the chart's Servi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -52,6 +53,7 @@ def test_helm_lint(dev_cluster: DevCluster) -> None:
     [
         ("default", []),
         ("namespaced", ["--set", "rbac.scope=namespaced", "--set", "watchNamespaces={team-a,team-b}"]),
+        ("single-replica", ["--set", "replicas=1", "--set", "leaderElection.enabled=false"]),
         ("servicemonitor", ["--set", "metrics.serviceMonitor.enabled=true", "--set", "workloadImages.trainer=t:1",
                             "--set", "networkPolicy.prometheusNamespace=monitoring",
                             "--set", "metrics.prometheusRule.enabled=true",
@@ -80,6 +82,8 @@ def test_helm_template_matches_golden(dev_cluster: DevCluster, golden: str, valu
         (["--set", "watchNamespaces={Bad_NS}"], "watchNamespaces"),
         (["--set", "networkPolicy.prometheusNamespace=Mon_itoring"], "prometheusNamespace"),
         (["--set", "networkPolicy.enabled=yes"], "/networkPolicy/enabled"),
+        (["--set", "leaderElection.enabled=false"], "replicas > 1 needs leaderElection.enabled"),
+        (["--set", "leaderElection.leaseSeconds=1"], "/leaderElection/leaseSeconds"),
     ],
 )
 def test_bad_values_are_rejected_with_a_reason(dev_cluster: DevCluster, values: list[str], error: str) -> None:
@@ -163,11 +167,13 @@ def test_the_progress_key_survives_an_upgrade(dev_cluster: DevCluster, kube: Kub
 
 def test_helm_install_makes_the_operator_available(kube: Kube, release: dict[str, str]) -> None:
     deploy = kube.get("deployment", release["release"], release["namespace"])
-    assert deploy["status"].get("availableReplicas") == 1
+    assert deploy["status"].get("availableReplicas") == 2, "a leader and a standby"
     pods = kube.get("pods", namespace=release["namespace"])["items"]
-    assert len(pods) == 1 and pods[0]["status"]["phase"] == "Running"
+    assert len(pods) == 2 and {p["status"]["phase"] for p in pods} == {"Running"}
     # Admitted by Pod Security "restricted" (the namespace enforces it).
-    assert pods[0]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert all(p["spec"]["securityContext"]["runAsNonRoot"] is True for p in pods)
+    pdb = kube.get("poddisruptionbudget", release["release"], release["namespace"])
+    assert pdb["spec"]["minAvailable"] == 1
 
 
 def _sa_kubeconfig(dev_cluster: DevCluster, kube: Kube, release: dict[str, str], path: Path) -> Path:
@@ -228,11 +234,15 @@ def take_a_job_through_its_life(kube: Kube, namespace: str) -> None:
 
 
 def assert_operator_does_its_job_as(kubeconfig: Path, watch: str, namespace: str, kube: Kube, tmp: Path,
-                                    operator_namespace: str) -> None:  # fmt: skip
-    """Run the operator with the chart's configuration and credentials (only its timings shortened):
-    every kind gets status, and a TrainingJob lives its whole life."""
-    env = {**FAST, "LEPTON_OPERATOR_NAMESPACE": operator_namespace, "LEPTON_NETWORK_POLICIES": "true"}
+                                    operator_namespace: str, lease_name: str) -> None:  # fmt: skip
+    """Run the operator with the chart's configuration and credentials (only its timings shortened): it
+    takes the chart's Lease, every kind gets status, and a TrainingJob lives its whole life."""
+    env = {**FAST, "LEPTON_OPERATOR_NAMESPACE": operator_namespace, "LEPTON_NETWORK_POLICIES": "true",
+           "LEPTON_LEADER_ELECTION": "true", "LEPTON_LEASE_NAME": lease_name}  # fmt: skip
     op = start_operator(kubeconfig, tmp / "operator.log", watch, env)
+    get = ("get", "lease", lease_name, "-n", operator_namespace, "-o", "json")
+    lease = eventually(lambda: kube.run(*get, check=False).stdout or None, timeout=30, what="the Lease, as the SA")
+    assert json.loads(lease)["spec"]["holderIdentity"], "it leads, by the chart's grants"
     try:
         examples = sorted(EXAMPLES.glob("*.yaml"))
         for path in examples:
@@ -264,7 +274,7 @@ def test_operator_does_its_whole_job_as_the_charts_service_account(
     ns = _restricted_namespace(kube, "lepton-rbac")
     try:
         # cluster-wide, as the chart sets it
-        assert_operator_does_its_job_as(kubeconfig, "", ns, kube, tmp_path, release["namespace"])
+        assert_operator_does_its_job_as(kubeconfig, "", ns, kube, tmp_path, release["namespace"], release["release"])
     finally:
         kube.run("delete", "namespace", ns, "--wait=false", check=False)
 
@@ -320,6 +330,29 @@ def test_service_account_has_least_privilege(
     assert proc.stdout.strip() == ("yes" if allowed else "no"), f"{sa} {verb} {resource}: {proc.stdout}"
 
 
+@pytest.mark.parametrize(
+    ("verb", "lease", "where", "allowed"),
+    [
+        ("get", "leases/{release}", "own", True),
+        ("update", "leases/{release}", "own", True),
+        ("create", "leases", "own", True),  # RBAC cannot limit create to a name
+        ("update", "leases/kube-scheduler", "own", False),  # nobody else's Lease
+        ("delete", "leases/{release}", "own", False),
+        ("list", "leases", "own", False),
+        ("get", "leases/{release}", "default", False),  # its own namespace only
+        ("update", "leases/kube-controller-manager", "kube-system", False),
+    ],
+)
+def test_leader_election_rights_reach_only_its_own_lease(
+    kube: Kube, release: dict[str, str], verb: str, lease: str, where: str, allowed: bool
+) -> None:
+    sa = f"system:serviceaccount:{release['namespace']}:{release['sa']}"
+    ns = release["namespace"] if where == "own" else where
+    resource = lease.format(release=release["release"]).replace("leases", "leases.coordination.k8s.io", 1)
+    proc = kube.run("auth", "can-i", verb, resource, "--as", sa, "-n", ns, check=False)
+    assert proc.stdout.strip() == ("yes" if allowed else "no"), f"{sa} {verb} {resource} in {ns}: {proc.stdout}"
+
+
 @pytest.mark.parametrize("subresource", ["exec", "attach", "portforward", "eviction"])
 def test_service_account_cannot_get_into_pods(kube: Kube, release: dict[str, str], subresource: str) -> None:
     sa = f"system:serviceaccount:{release['namespace']}:{release['sa']}"
@@ -357,7 +390,7 @@ def test_namespaced_mode_confines_the_operator(dev_cluster: DevCluster, kube: Ku
         assert {"name": "LEPTON_WATCH_NAMESPACES", "value": team_a} in env
         release = {"namespace": ns, "release": name, "sa": name}
         kubeconfig = _sa_kubeconfig(dev_cluster, kube, release, tmp_path / "sa.kubeconfig")
-        assert_operator_does_its_job_as(kubeconfig, team_a, team_a, kube, tmp_path, ns)
+        assert_operator_does_its_job_as(kubeconfig, team_a, team_a, kube, tmp_path, ns, name)
     finally:
         helm(dev_cluster, "uninstall", name, "-n", ns, "--wait", check=False)
         for n in (ns, team_a, team_b):

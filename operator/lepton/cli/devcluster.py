@@ -25,6 +25,7 @@ from lepton.cli.crds import generated
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 FAKE_STAGES = Path(__file__).with_name("fake-outcome-stages.yaml")
+AUDIT_POLICY = Path(__file__).with_name("audit-policy.yaml")  # writes only, metadata only
 # 1.37: the Workload and PodGroup APIs are beta (scheduling.k8s.io/v1beta1) behind GenericWorkload.
 FEATURE_GATES = "GenericWorkload=true"
 RUNTIME_CONFIG = "scheduling.k8s.io/v1beta1=true"
@@ -214,6 +215,11 @@ class DevCluster:
         )
         return timings
 
+    @property
+    def audit_log(self) -> Path:
+        """The apiserver's audit log (AUDIT_POLICY: every write, its user agent and object, no bodies)."""
+        return self.home / "kwok" / "clusters" / self.name / "logs" / "audit.log"
+
     def _create(self) -> None:
         config = self.home / f"{self.name}-kwok.yaml"
         # kwok's pod-complete stage ends every Job-owned pod at once, with no termination message; here a
@@ -232,6 +238,9 @@ class DevCluster:
             "--kwok-controller-binary", self.bins["kwok"],
             "--kube-feature-gates", FEATURE_GATES,
             "--kube-runtime-config", RUNTIME_CONFIG,
+            "--kube-audit-policy", str(AUDIT_POLICY),
+            "--extra-args", "kube-apiserver=audit-log-maxsize=200",  # MB, then rotated: one old file kept
+            "--extra-args", "kube-apiserver=audit-log-maxbackup=1",
             "--wait", "120s",
         ]  # fmt: skip
         addr = advertise_address()

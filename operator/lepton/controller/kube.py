@@ -102,6 +102,7 @@ class KubeClient:
     """Created from kopf's login; rebuilt when kopf logs in again (e.g. a rotated token)."""
 
     info: kopf.ConnectionInfo | None = None
+    user_agent: str = "lepton-operator"  # with leader election, the replica's identity: audit logs tell who wrote
     _session: aiohttp.ClientSession | None = None
     _session_for: kopf.ConnectionInfo | None = None
     _tmp: tempfile.TemporaryDirectory[str] = field(default_factory=lambda: tempfile.TemporaryDirectory("lepton"))
@@ -116,6 +117,7 @@ class KubeClient:
             if self._session is not None:
                 await self._session.close()
             headers = {"Authorization": f"Bearer {self.info.token}"} if self.info.token else {}
+            headers["User-Agent"] = self.user_agent
             self._session = aiohttp.ClientSession(
                 base_url=self.info.server,
                 headers=headers,

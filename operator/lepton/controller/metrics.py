@@ -110,6 +110,16 @@ class OperatorMetrics:
         self._trials: dict[tuple[str, str], tuple[int, ...]] = {}
         self.gpus = GpuSeconds()
         self.registry.register(self.gpus)
+        self.leader = Gauge(
+            "lepton_operator_leader",
+            "1 while this replica leads (acts), 0 while it stands by; without leader election always 1.",
+            registry=self.registry,
+        )
+        self.leader_transitions = Counter(
+            "lepton_operator_leader_transitions_total",
+            "Times this replica started or stopped leading.",
+            registry=self.registry,
+        )
         self._start_at_zero(kinds)
 
     def _start_at_zero(self, kinds: Sequence[str]) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import kopf
@@ -13,9 +15,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lepton.controller import kopf_fixes
 from lepton.controller.kube import KubeClient
+from lepton.controller.leader import LeaderElector, LeaseTimings
 from lepton.controller.metrics import OperatorMetrics
-from lepton.controller.registry import build_registry
-from lepton.controller.settings import ANNOTATION_PREFIX, Settings
+from lepton.controller.registry import build_registry, make_login
+from lepton.controller.settings import ANNOTATION_PREFIX, LeaderElection, Settings
+
+log = logging.getLogger("lepton")
 
 
 class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -44,7 +49,8 @@ def configure(settings: kopf.OperatorSettings, watch: Settings) -> None:
     settings.networking.request_timeout = 30
 
 
-def health_app(metrics: OperatorMetrics, ready: threading.Event | asyncio.Event) -> web.Application:
+def health_app(metrics: OperatorMetrics, ready: threading.Event | asyncio.Event,
+               standby: asyncio.Event | None = None) -> web.Application:  # fmt: skip
     async def metrics_view(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -55,6 +61,8 @@ def health_app(metrics: OperatorMetrics, ready: threading.Event | asyncio.Event)
     async def readyz(_: web.Request) -> web.Response:
         if ready.is_set():
             return web.Response(text="ok")
+        if standby is not None and standby.is_set():  # healthy and ready to take over: a rollout completes
+            return web.Response(text="standby")
         return web.Response(status=503, text="starting")
 
     app = web.Application()
@@ -65,26 +73,28 @@ def health_app(metrics: OperatorMetrics, ready: threading.Event | asyncio.Event)
 
 
 async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -> None:
-    """Run kopf and the HTTP endpoints until stopped."""
+    """Run kopf and the HTTP endpoints until stopped; with leader election, kopf only while leading."""
     metrics = OperatorMetrics()
-    client = KubeClient()
+    election = settings.leader_election
+    client = KubeClient(user_agent=f"lepton-operator ({election.identity})" if election else "lepton-operator")
     registry = build_registry(metrics, client, settings)
-    ready = asyncio.Event()
+    ready, standby = asyncio.Event(), asyncio.Event()
     kopf_settings = kopf.OperatorSettings()
     configure(kopf_settings, settings)
 
-    runner = web.AppRunner(health_app(metrics, ready), access_log=None)
+    runner = web.AppRunner(health_app(metrics, ready, standby), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
     await site.start()
-    logging.getLogger("lepton").info(
+    log.info(
         "metrics and health on %s:%d; watching %s",
         settings.metrics_host,
         settings.metrics_port,
         ", ".join(settings.namespaces) or "all namespaces",
     )
     kopf_fixes.apply()
-    try:
+
+    async def operate() -> None:
         await kopf.operator(
             registry=registry,
             settings=kopf_settings,
@@ -94,9 +104,57 @@ async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -
             ready_flag=ready,
             stop_flag=stop_flag,
         )
+
+    try:
+        if election is None:
+            metrics.leader.set(1)
+            await operate()
+        else:
+            await _lead(
+                election, client, metrics, operate, kopf_settings=kopf_settings, standby=standby, stop_flag=stop_flag
+            )
     finally:
         await runner.cleanup()
         await client.close()
+
+
+async def _lead(election: LeaderElection, client: KubeClient, metrics: OperatorMetrics,
+                operate: Callable[[], Coroutine[Any, Any, None]], *, kopf_settings: kopf.OperatorSettings,
+                standby: asyncio.Event,
+                stop_flag: asyncio.Event | None) -> None:  # fmt: skip
+    """Stand by until this replica holds the Lease, then operate while renewing it. Losing it ends the
+    process at once (no write may follow); a clean stop releases it for the standby."""
+    if make_login(client)(settings=kopf_settings) is None:
+        raise RuntimeError("no credentials: neither a ServiceAccount nor KUBECONFIG")
+
+    def changed(leading: bool) -> None:
+        metrics.leader.set(1 if leading else 0)
+        metrics.leader_transitions.inc()
+
+    elector = LeaderElector(client, election.namespace, election.lease, election.identity,
+                            LeaseTimings.of(election.lease_seconds), on_change=changed)  # fmt: skip
+    standby.set()
+    acquiring = asyncio.create_task(elector.acquire())
+    stopping = asyncio.create_task(stop_flag.wait()) if stop_flag is not None else None
+    await asyncio.wait({t for t in (acquiring, stopping) if t is not None}, return_when=asyncio.FIRST_COMPLETED)
+    if stopping is not None:
+        stopping.cancel()
+    if not acquiring.done():  # stopped while standing by
+        acquiring.cancel()
+        return
+    standby.clear()
+    holding, operating = asyncio.create_task(elector.hold()), asyncio.create_task(operate())
+    await asyncio.wait({holding, operating}, return_when=asyncio.FIRST_COMPLETED)
+    if holding.done():
+        cause = holding.exception() if not holding.cancelled() else None
+        log.critical("leadership lost (%s): exiting now so that nothing more is written; restarted, this "
+                     "replica stands by again", cause)  # fmt: skip
+        logging.shutdown()
+        os._exit(1)
+    holding.cancel()
+    await asyncio.gather(holding, return_exceptions=True)
+    await elector.release()
+    operating.result()  # kopf's own failure, if it failed
 
 
 def run(settings: Settings) -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -19,6 +20,14 @@ log = logging.getLogger(__name__)
 
 class SettingsError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    namespace: str  # where the Lease lives (the operator's own namespace)
+    lease: str = "lepton-operator"
+    identity: str = ""  # unique per process: the pod's name and a random suffix
+    lease_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class Settings:
     # A Dataset's preparation keeps its /metrics up after the end until two scrapes read its final numbers,
     # at most this long (twice your scrape interval); None: it exits at once.
     data_metrics_linger_seconds: float | None = None
+    # Leader election on a Lease (several replicas, one acts); None: this process acts alone.
+    leader_election: LeaderElection | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -104,6 +115,7 @@ class Settings:
             raise SettingsError(f"LEPTON_DATA_METRICS_LINGER_SECONDS must be a whole number of seconds from 0 to "
                                 f"600, got {linger!r}")  # fmt: skip
         return cls(
+            leader_election=_leader_election(env),
             discovery_seconds=float(discovery),
             data_metrics_linger_seconds=float(linger) or None,
             progress_key=key.encode() if key else secrets.token_bytes(32),
@@ -119,6 +131,26 @@ class Settings:
             log_level=level,
             images=images,
         )
+
+
+def _leader_election(env: Mapping[str, str]) -> LeaderElection | None:
+    enabled = env.get("LEPTON_LEADER_ELECTION", "false").lower()
+    if enabled not in ("true", "false"):
+        raise SettingsError(f"LEPTON_LEADER_ELECTION must be true or false, got {enabled!r}")
+    if enabled == "false":
+        return None
+    namespace = _namespace(env, "LEPTON_LEASE_NAMESPACE") or _namespace(env, "LEPTON_OPERATOR_NAMESPACE")
+    if namespace is None:
+        raise SettingsError("LEPTON_LEADER_ELECTION=true needs the Lease's namespace: set LEPTON_OPERATOR_NAMESPACE "
+                            "(the chart does, from the downward API) or LEPTON_LEASE_NAMESPACE")  # fmt: skip
+    lease = env.get("LEPTON_LEASE_NAME", "lepton-operator").strip()
+    if not _DNS_LABEL.match(lease):
+        raise SettingsError(f"LEPTON_LEASE_NAME must be a DNS-1123 label, got {lease!r}")
+    seconds = env.get("LEPTON_LEASE_SECONDS", "15").strip()
+    if not seconds.isdigit() or not 3 <= int(seconds) <= 300:
+        raise SettingsError(f"LEPTON_LEASE_SECONDS must be a whole number of seconds from 3 to 300, got {seconds!r}")
+    pod = env.get("LEPTON_POD_NAME", "").strip() or socket.gethostname()
+    return LeaderElection(namespace, lease, f"{pod}_{secrets.token_hex(4)}", float(seconds))
 
 
 def _namespace(env: Mapping[str, str], name: str) -> str | None:
