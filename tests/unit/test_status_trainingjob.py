@@ -206,6 +206,47 @@ def test_a_new_gang_waits_until_the_old_one_is_gone() -> None:
     assert d.create and d.keep == {"llm-2-0", "llm-2-1"}
 
 
+STARTED = {"phase": "Running", "startTime": "2026-01-01T11:50:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "pods", "restarts", "lost"),
+    [
+        ("seen deleting while running", STARTED, [pod(0), replace(pod(1), deleting=True)], 1, "llm-0-1"),
+        ("seen deleting before the job saw it run", {}, [pod(0), replace(pod(1), deleting=True)], 1, "llm-0-1"),
+        ("gone from a started gang", STARTED, [pod(0)], 1, "llm-0-1"),
+        ("the whole started gang gone", STARTED, [], 1, "llm-0-0"),
+        # not lost: not created yet (or not seen yet) before the gang ever ran
+        ("missing before the gang ran", {"phase": "Pending"}, [pod(0)], 0, None),
+        # not lost: it finished, and its deletion is someone's cleanup
+        ("a finished rank deleted", STARTED, [pod(0), replace(pod(1, "Succeeded"), deleting=True)], 0, None),
+        # not lost: a new attempt's pods are not created yet (the restart reset startTime)
+        ("after a restart", {"phase": "Restarting", "attempt": 1, "restarts": 1}, [], 1, None),
+    ],
+)
+def test_a_rank_deleted_from_outside_restarts_the_gang_once(
+    name: str, status: dict[str, Any], pods: list[PodView], restarts: int, lost: str | None
+) -> None:
+    """kubectl delete, an eviction or a preemption: the gang cannot go on, and the same pod made again in
+    the same attempt would join a closed rendezvous. The restart is counted and says why."""
+    d = decide(job(status=status), pods, NOW)
+    assert d.status.restarts == restarts, name
+    if lost is None:
+        assert not d.status.failures or d.status.failures[-1].reason != "Deleted", name
+        return
+    assert (d.status.phase, d.attempt, d.keep, d.create) == ("Restarting", 1, frozenset(), False), name
+    failure = d.status.failures[-1]
+    assert (failure.pod, failure.reason) == (lost, "Deleted"), name
+    ready = get_condition(d.status.conditions, "Ready")
+    assert ready is not None and f"{lost}: Deleted" in ready.message and "before it finished" in ready.message
+
+
+def test_an_elastic_gang_replaces_a_deleted_rank_instead() -> None:
+    elastic = job(status=STARTED, nodes=None, minNodes=2, maxNodes=3)
+    d = decide(elastic, [pod(0), pod(1)], NOW)
+    assert (d.status.phase, d.status.restarts, d.create) == ("Running", 0, True)
+
+
 def test_suspend_then_resume_keeps_active_time_and_counts_on() -> None:
     running = job(status={"startTime": "2026-01-01T11:50:00Z", "phase": "Running"}, suspend=True)
     suspended = decide(running, RUNNING, NOW).status

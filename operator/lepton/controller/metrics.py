@@ -27,7 +27,7 @@ from lepton.status.observations import PREPARATION, QUEUE_WAIT, READY, RESTART, 
 WAIT_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 TRIAL_STATES = ("running", "succeeded", "pruned", "failed", "retried")
 RECONCILE_OUTCOMES = ("ok", "invalid", "error")
-RESTART_REASONS = ("Error", "OOMKilled", "Evicted", "DeadlineExceeded", "Unknown")  # the kubelet's usual ones
+RESTART_REASONS = ("Error", "OOMKilled", "Evicted", "Deleted", "DeadlineExceeded", "Unknown")  # kubelet's, and ours
 PREPARATION_OUTCOMES = ("succeeded", "failed")
 
 

@@ -87,6 +87,27 @@ def _first_failure(pods: Sequence[PodView], attempt: int, now: datetime) -> Fail
     return _failure(min(failed, key=lambda p: (p.created or now, p.name)), attempt, now)
 
 
+DELETED = "Deleted"
+
+
+def _deleted_rank(pods: Sequence[PodView], names: frozenset[str], attempt: int, started: bool,
+                  now: datetime) -> Failure | None:  # fmt: skip
+    """A rank of the current attempt deleted from outside before it finished (kubectl delete, an eviction,
+    a preemption). Its gang cannot go on (the rendezvous lost a member), and a pod of the same name and
+    attempt made again would join a rendezvous that has closed: the whole gang restarts, as for a failure.
+    A pod seen deleting counts at once; a pod simply gone counts once the gang had started (before, it
+    may not have been created yet)."""
+    ours = [p for p in pods if p.attempt == attempt]
+    deleting = sorted((p for p in ours if p.deleting and not p.finished), key=lambda p: p.name)
+    missing = sorted(names - {p.name for p in ours}) if started else []
+    if not deleting and not missing:
+        return None
+    pod, uid = (deleting[0].name, deleting[0].uid) if deleting else (missing[0], None)
+    how = "deleted" if deleting else "gone"
+    return Failure(attempt=attempt, pod=pod, pod_uid=uid, reason=DELETED, time=rfc3339(now),
+                   message=f"{how} before it finished (kubectl delete, an eviction or a preemption)")  # fmt: skip
+
+
 def _recorded(history: Sequence[Failure], new: Sequence[Failure]) -> list[Failure]:
     """The failure history with `new` appended: at most 20, and the very first (usually the cause) kept."""
     failures = [*history, *new]
@@ -187,6 +208,9 @@ def decide(  # noqa: PLR0915 - the rules read top to bottom, first match wins
         return done(Phase.RUNNING, create=True, keep=names - failed)
 
     failure = _first_failure(current, attempt, now)
+    if failure is None and minimum == total:  # an elastic gang replaces a lost rank instead (same name)
+        ran = previous.phase == Phase.RUNNING and previous.start_time is not None and not resuming
+        failure = _deleted_rank(pods, names, attempt, ran, now)
     if failure is not None:
         failures = _recorded(previous.failures, [failure])
         c.status = c.status.model_copy(update={"failures": failures})
