@@ -37,8 +37,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/cluster" in str(item.path):
             item.add_marker(pytest.mark.cluster)
-    # Tests that restart the session's cluster run after every other test.
-    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+    # Tests that restart (part of) the session's cluster run after every other test; chaos (the
+    # apiserver alone) before the one restarting everything, after which kwok's stages are gone.
+    items.sort(key=lambda item: (item.get_closest_marker("disruptive") is not None,
+                                 item.get_closest_marker("chaos") is None))  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -99,6 +100,14 @@ def advertise_address() -> str | None:
     except OSError:
         return None
     return None if addr.startswith("127.") else addr
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting for its parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def fake_node(name: str, zone: str, *, gpus: int = 0, product: str = "NVIDIA-H100-80GB-HBM3") -> dict[str, Any]:
@@ -289,6 +298,41 @@ class DevCluster:
             ]
             info["nodes"] = self.kubectl("get", "nodes", "-o", "name").stdout.split()
         return info
+
+    def _pidfile(self, component: str) -> Path:
+        return self.home / "kwok" / "clusters" / self.name / "pids" / f"{component}.pid"
+
+    def _launch(self, component: str, argv: list[str], cwd: str, log: str) -> int:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True)  # fmt: skip
+        self._pidfile(component).write_text(str(proc.pid))
+        return proc.pid
+
+    def restart_apiserver(self, timeout: float = 120, revive_seconds: float = 20) -> int:
+        """Crash the kube-apiserver (SIGKILL) and start it again with the same command line, the other
+        components staying up: every client's watch breaks and resumes. The controller-manager and the
+        scheduler exit by design when they cannot renew their own lease meanwhile; like the kubelet
+        restarting static pods, any component that dies within `revive_seconds` of the apiserver's return
+        is started again. Returns the apiserver's new process id."""
+        commands: dict[str, tuple[int, list[str], str, str]] = {}
+        for component, (pid, _) in self.processes().items():
+            argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            commands[component] = (pid, argv, os.readlink(f"/proc/{pid}/cwd"), os.readlink(f"/proc/{pid}/fd/2"))
+        pid, argv, cwd, log = commands.pop("kube-apiserver")
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+        new = self._launch("kube-apiserver", argv, cwd, log)
+        self._wait_ready(timeout)
+        deadline = time.monotonic() + revive_seconds
+        while commands and time.monotonic() < deadline:
+            for component, (old, argv, cwd, log) in list(commands.items()):
+                if not _alive(old):
+                    self._launch(component, argv, cwd, log)
+                    del commands[component]
+            time.sleep(0.2)
+        return new
 
     def processes(self) -> dict[str, tuple[int, str]]:
         """Component -> (pid, executable) of the live control-plane processes (Linux /proc)."""

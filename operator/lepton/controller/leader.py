@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import kopf
 
 from lepton.controller.kube import KubeClient, KubeError
 
@@ -172,3 +176,62 @@ class LeaderElector:
                 log.info("released Lease %s/%s", self.namespace, self.name)
         except KubeError as exc:
             log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, exc)
+
+
+class LeaseKeeper:
+    """The elector on a thread of its own, with its own event loop and client: renewals keep their
+    rhythm however busy the operator's loop is (a burst of watch events can hold that loop for seconds,
+    longer than a renew deadline). Losing the Lease ends the process from this thread at once, so no
+    write of the operator's loop can follow the loss."""
+
+    def __init__(self, info: kopf.ConnectionInfo, namespace: str, name: str, identity: str, timings: LeaseTimings,
+                 *, user_agent: str, on_change: Callable[[bool], None] | None = None,
+                 exit: Callable[[int], None] = os._exit) -> None:  # fmt: skip
+        self.info, self.namespace, self.name, self.identity = info, namespace, name, identity
+        self.timings, self.user_agent, self.on_change, self.exit = timings, user_agent, on_change, exit
+        self.leading = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Release the Lease if held, and end the thread (a clean stop: a standby takes over at once)."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        client = KubeClient(user_agent=self.user_agent)
+        client.login(self.info)
+        elector = LeaderElector(client, self.namespace, self.name, self.identity, self.timings,
+                                on_change=self.on_change)  # fmt: skip
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            acquiring = asyncio.create_task(elector.acquire())
+            await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not acquiring.done():  # stopped while standing by
+                acquiring.cancel()
+                return
+            self.leading.set()
+            holding = asyncio.create_task(elector.hold())
+            await asyncio.wait({holding, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if holding.done():
+                cause = holding.exception() if not holding.cancelled() else None
+                log.critical("leadership lost (%s): exiting now so that nothing more is written; restarted, "
+                             "this replica stands by again", cause)  # fmt: skip
+                logging.shutdown()
+                self.exit(1)
+                return
+            holding.cancel()
+            await asyncio.gather(holding, return_exceptions=True)
+            await elector.release()
+        finally:
+            stopping.cancel()
+            await client.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -15,9 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lepton.controller import kopf_fixes
 from lepton.controller.kube import KubeClient
-from lepton.controller.leader import LeaderElector, LeaseTimings
+from lepton.controller.leader import LeaseKeeper, LeaseTimings
 from lepton.controller.metrics import OperatorMetrics
-from lepton.controller.registry import build_registry, make_login
+from lepton.controller.registry import build_registry
 from lepton.controller.settings import ANNOTATION_PREFIX, LeaderElection, Settings
 
 log = logging.getLogger("lepton")
@@ -110,51 +109,39 @@ async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -
             metrics.leader.set(1)
             await operate()
         else:
-            await _lead(
-                election, client, metrics, operate, kopf_settings=kopf_settings, standby=standby, stop_flag=stop_flag
-            )
+            await _lead(election, metrics, operate, kopf_settings=kopf_settings, user_agent=client.user_agent,
+                        standby=standby, stop_flag=stop_flag)  # fmt: skip
     finally:
         await runner.cleanup()
         await client.close()
 
 
-async def _lead(election: LeaderElection, client: KubeClient, metrics: OperatorMetrics,
-                operate: Callable[[], Coroutine[Any, Any, None]], *, kopf_settings: kopf.OperatorSettings,
-                standby: asyncio.Event,
+async def _lead(election: LeaderElection, metrics: OperatorMetrics, operate: Callable[[], Coroutine[Any, Any, None]],
+                *, kopf_settings: kopf.OperatorSettings, user_agent: str, standby: asyncio.Event,
                 stop_flag: asyncio.Event | None) -> None:  # fmt: skip
-    """Stand by until this replica holds the Lease, then operate while renewing it. Losing it ends the
-    process at once (no write may follow); a clean stop releases it for the standby."""
-    if make_login(client)(settings=kopf_settings) is None:
+    """Stand by until this replica holds the Lease, then operate; the Lease is kept on a thread of its
+    own, which ends the process at once if it is lost. A clean stop releases it for the standby."""
+    info = kopf.login_with_service_account(settings=kopf_settings) or kopf.login_with_kubeconfig(settings=kopf_settings)
+    if info is None:
         raise RuntimeError("no credentials: neither a ServiceAccount nor KUBECONFIG")
 
     def changed(leading: bool) -> None:
         metrics.leader.set(1 if leading else 0)
         metrics.leader_transitions.inc()
 
-    elector = LeaderElector(client, election.namespace, election.lease, election.identity,
-                            LeaseTimings.of(election.lease_seconds), on_change=changed)  # fmt: skip
+    keeper = LeaseKeeper(info, election.namespace, election.lease, election.identity,
+                         LeaseTimings.of(election.lease_seconds), user_agent=user_agent, on_change=changed)  # fmt: skip
+    keeper.start()
     standby.set()
-    acquiring = asyncio.create_task(elector.acquire())
-    stopping = asyncio.create_task(stop_flag.wait()) if stop_flag is not None else None
-    await asyncio.wait({t for t in (acquiring, stopping) if t is not None}, return_when=asyncio.FIRST_COMPLETED)
-    if stopping is not None:
-        stopping.cancel()
-    if not acquiring.done():  # stopped while standing by
-        acquiring.cancel()
-        return
-    standby.clear()
-    holding, operating = asyncio.create_task(elector.hold()), asyncio.create_task(operate())
-    await asyncio.wait({holding, operating}, return_when=asyncio.FIRST_COMPLETED)
-    if holding.done():
-        cause = holding.exception() if not holding.cancelled() else None
-        log.critical("leadership lost (%s): exiting now so that nothing more is written; restarted, this "
-                     "replica stands by again", cause)  # fmt: skip
-        logging.shutdown()
-        os._exit(1)
-    holding.cancel()
-    await asyncio.gather(holding, return_exceptions=True)
-    await elector.release()
-    operating.result()  # kopf's own failure, if it failed
+    try:
+        while not keeper.leading.is_set():
+            if stop_flag is not None and stop_flag.is_set():
+                return
+            await asyncio.sleep(0.1)
+        standby.clear()
+        await operate()
+    finally:
+        await asyncio.to_thread(keeper.stop)  # releases the Lease when held
 
 
 def run(settings: Settings) -> None:
