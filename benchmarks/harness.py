@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -133,6 +135,42 @@ async def timed_submissions(
         finally:
             watcher.cancel()
     return Burst(sorted(done_at[k] - submitted[k] for k in submitted), submit_seconds, behind)
+
+
+WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
+_REQUESTS = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.M)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+async def apiserver_writes(api: Api) -> Counter[str]:
+    """Write requests the apiserver has served since it started, by resource (its own
+    apiserver_request_total: every client, the control plane's components included)."""
+    async with api.session() as http, http.get("/metrics") as rsp:
+        rsp.raise_for_status()
+        text = await rsp.text()
+    counts: Counter[str] = Counter()
+    for found in _REQUESTS.finditer(text):
+        labels = dict(_LABEL.findall(found["labels"]))
+        if labels.get("verb") in WRITE_VERBS:
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            counts[f"{labels.get('resource', '')}{sub}"] += int(float(found["value"]))
+    return counts
+
+
+def audited_writes(audit_log: Path, namespace: str, agents: tuple[str, ...]) -> Counter[str]:
+    """Writes into `namespace` by clients whose user agent starts with one of `agents`, from the dev
+    cluster's audit log: "verb resource[/subresource]" -> count."""
+    counts: Counter[str] = Counter()
+    with audit_log.open() as fh:
+        for line in fh:
+            if namespace not in line:  # cheap filter before parsing
+                continue
+            event = json.loads(line)
+            ref = event.get("objectRef") or {}
+            if ref.get("namespace") == namespace and str(event.get("userAgent", "")).startswith(agents):
+                sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+                counts[f"{event['verb']} {ref.get('resource')}{sub}"] += 1
+    return counts
 
 
 def proc_stats(pid: int) -> tuple[float, float]:
