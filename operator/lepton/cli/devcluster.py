@@ -324,7 +324,12 @@ class DevCluster:
         while _alive(pid):
             time.sleep(0.05)
         new = self._launch("kube-apiserver", argv, cwd, log)
-        self._wait_ready(timeout)
+        try:
+            self._wait_ready(timeout)
+        except DevClusterError as exc:  # say why: the new process's own last words
+            lines = Path(log).read_text(errors="replace").splitlines()[-30:]
+            alive = "running" if _alive(new) else "exited"
+            raise DevClusterError(f"{exc}; the new apiserver ({alive}) last logged:\n" + "\n".join(lines)) from None
         deadline = time.monotonic() + revive_seconds
         while commands and time.monotonic() < deadline:
             for component, (old, argv, cwd, log) in list(commands.items()):
