@@ -113,6 +113,8 @@ FAIL = {"attempt": 0, "pod": "j-0-1", "reason": "OOMKilled", "exitCode": 137, "t
     ("old", "new", "reasons"),
     [
         ({"phase": "Pending"}, {"phase": "Starting"}, ["Scheduled"]),
+        ({}, {"phase": "Starting"}, []),  # scheduled before its first status was written: Started tells
+        ({}, {"phase": "Running"}, ["Started"]),
         ({"phase": "Starting"}, {"phase": "Running"}, ["Started"]),
         ({"phase": "Running"}, {"phase": "Running"}, []),
         ({"phase": "Running"}, {"phase": "Restarting", "restarts": 1, "failures": [FAIL]},
@@ -310,6 +312,178 @@ def test_a_loop_ends_when_its_object_is_gone_and_only_then(trainingjob_body: dic
     calls, tracked = asyncio.run(run())
     assert tracked == exists
     assert (calls > 3) if exists else (calls == 1), calls
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "waits"),
+    [
+        ({}, {"phase": "Pending", "observedGeneration": 1}, True),  # the first status of a new job
+        ({"phase": "Pending", "observedGeneration": 1}, {"phase": "Starting", "observedGeneration": 1}, True),
+        ({"phase": "Starting"}, {"phase": "Running"}, False),  # what users wait for
+        ({"phase": "Running"}, {"phase": "Starting"}, False),  # going back is news
+        ({"phase": "Restarting", "restarts": 1}, {"phase": "Starting", "restarts": 1}, False),
+        ({"phase": "Pending", "observedGeneration": 1}, {"phase": "Pending", "observedGeneration": 2}, False),
+        ({}, {"phase": "Pending", "conditions": [{"type": "Stalled", "status": "True", "reason": "NameConflict",
+                                                  "lastTransitionTime": "2026-01-01T00:00:00Z"}]}, False),
+        ({}, {"phase": "Invalid"}, False),
+    ],
+)  # fmt: skip
+def test_only_a_status_on_its_way_up_may_wait(old: dict[str, Any], new: dict[str, Any], waits: bool) -> None:
+    from lepton.status.lifecycle import may_wait
+
+    assert may_wait(_status(**old), _status(**new), frozenset({"Pending", "Starting"})) is waits
+    assert not may_wait(_status(**old), _status(**new), frozenset()), "a kind that settles nothing waits for nothing"
+
+
+class Stepping(Binding[TrainingJob]):
+    """A job coming up: its plan's phase is whatever the test says it is now."""
+
+    info = KINDS["TrainingJob"]
+    settling = frozenset({"Pending", "Starting"})
+
+    def __init__(self) -> None:
+        self.phase = "Pending"
+
+    async def observe_extra(self, key: Any, body: Any, observed: Observed) -> Any:
+        return self.phase  # as a pod's change would, it changes the pass's inputs
+
+    def plan(self, resource: TrainingJob, observed: Observed, resolution: Resolution, now: datetime,
+             extra: Any) -> Plan:  # fmt: skip
+        status = resource.status.model_copy(update={"phase": extra, "observed_generation": 1})
+        return Plan(status=status, events=trainingjob_events(resource.status, status))
+
+    def next_look(self, body: Any) -> tuple[float, bool]:
+        return 300.0, False
+
+
+class Echoing(KubeClient):
+    """Status patches land on the object, and the watch tells the loop (as the apiserver's echo would);
+    events are recorded."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__()
+        self.body, self.patches, self.events = body, [], []  # type: ignore[var-annotated]
+        self.reconciler: Reconciler[TrainingJob] | None = None
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Any) -> None:
+        self.patches.append(status.get("phase"))
+        merged = {k: v for k, v in {**self.body["status"], **status}.items() if v is not None}
+        self.body = {**self.body, "status": merged}
+        assert self.reconciler is not None
+        self.reconciler.track((namespace, name), self.body)
+
+    async def request(self, method: str, path: str, **kw: Any) -> Any:
+        self.events.append(kw["body"]["reason"])
+
+
+def test_a_gang_coming_up_is_written_once_per_settle_window(trainingjob_body: dict[str, Any]) -> None:
+    """Created, scheduled and started within the window: one write, not one per step; Running at once;
+    and its events are those of what was written (no Scheduled for a gang nobody saw waiting)."""
+
+    async def run() -> tuple[list[str], list[str], list[str]]:
+        binding, client = Stepping(), Echoing(trainingjob_body)
+        reconciler = client.reconciler = Reconciler(binding, client, OperatorMetrics(), EventRecorder(client),
+                                                    settle=0.4, child_batch=0.02)  # fmt: skip
+        reconciler.track(("ns", "j"), client.body)
+        await asyncio.sleep(0.1)
+        binding.phase = "Starting"  # its pods were scheduled
+        reconciler.poke(("ns", "j"))
+        await asyncio.sleep(0.1)
+        early = list(client.patches)
+        await asyncio.sleep(0.4)  # the window ran out with the gang still starting: written now
+        binding.phase = "Running"
+        reconciler.poke(("ns", "j"))
+        await asyncio.sleep(0.1)
+        await reconciler.stop_all()
+        return early, client.patches, client.events
+
+    early, patches, events = asyncio.run(run())
+    assert early == [], "nothing written while the gang comes up within the window"
+    assert patches == ["Starting", "Running"]
+    assert events == ["Started"]
+
+
+def test_a_burst_of_child_changes_is_one_pass_and_the_objects_own_change_is_not_held(
+    trainingjob_body: dict[str, Any],
+) -> None:
+    async def run() -> tuple[int, int, int]:
+        binding, client = Bursty(), KubeClient()
+        reconciler = Reconciler(binding, client, OperatorMetrics(), EventRecorder(client), child_batch=0.2)
+        reconciler.track(("ns", "j"), trainingjob_body)
+        await asyncio.sleep(0.05)
+        first = binding.calls  # the object's own arrival: planned at once
+        for _ in range(5):  # a gang's pods created, bound and started
+            binding.extra += 1
+            reconciler.poke(("ns", "j"))
+            await asyncio.sleep(0.02)
+        during = binding.calls
+        await asyncio.sleep(0.3)
+        await reconciler.stop_all()
+        return first, during, binding.calls
+
+    first, during, after = asyncio.run(run())
+    assert (first, during, after) == (1, 1, 2)
+
+
+class Bursty(Binding[TrainingJob]):
+    info = KINDS["TrainingJob"]
+
+    def __init__(self) -> None:
+        self.calls, self.extra = 0, 0
+
+    async def observe_extra(self, key: Any, body: Any, observed: Observed) -> Any:
+        return self.extra
+
+    def plan(self, resource: TrainingJob, observed: Observed, resolution: Resolution, now: datetime,
+             extra: Any) -> Plan:  # fmt: skip
+        self.calls += 1
+        return Plan(status=resource.status)
+
+    def next_look(self, body: Any) -> tuple[float, bool]:
+        return 300.0, False
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["watched", "unwatched"])
+def test_a_child_just_created_is_not_posted_again_before_its_watch_shows_it(watched: bool) -> None:
+    from lepton.controller import children as kernel_children
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "j-0-0", "namespace": "ns",
+                                                           "ownerReferences": [ref(UID)]}}  # fmt: skip
+
+    class Counting(KubeClient):
+        posts = 0
+
+        async def create(self, obj: Any) -> dict[str, Any] | None:
+            self.posts += 1
+            if self.posts > 1:
+                raise KubeError(409, "already exists", "AlreadyExists")
+            return None
+
+        async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+            return pod
+
+    async def run() -> list[int]:
+        client, created = Counting(), {}  # type: ignore[var-annotated]
+        observed: dict[str, list[Any]] = {"Pod": []} if watched else {}
+        plan = Plan(status=_status(), children=[pod])
+        counts = []
+        for _ in range(3):  # passes before the watch caught up
+            await kernel_children.converge(client, UID, plan, observed, pruned=(), created=created)
+            counts.append(client.posts)
+        if watched:  # unseen: its pass is due when the trust runs out
+            assert 0 < (kernel_children.recheck_after(created, ["Pod"]) or 0) <= kernel_children.TRUST_CREATED_SECONDS
+        created[("Pod", "j-0-0")] -= kernel_children.TRUST_CREATED_SECONDS  # long unseen: asked again
+        await kernel_children.converge(client, UID, plan, observed, pruned=(), created=created)
+        counts.append(client.posts)
+        if watched:  # seen by the watch (in a pass whose plan renders nothing), then deleted: made again at once
+            quiet = Plan(status=_status(), keep=frozenset({("Pod", "j-0-0")}))
+            await kernel_children.converge(client, UID, quiet, {"Pod": [pod]}, pruned=(), created=created)
+            assert kernel_children.recheck_after(created, ["Pod"]) is None
+            await kernel_children.converge(client, UID, plan, {"Pod": []}, pruned=(), created=created)
+            counts.append(client.posts)
+        return counts
+
+    assert asyncio.run(run()) == ([1, 1, 1, 2, 3] if watched else [1, 1, 1, 1])
 
 
 @pytest.fixture

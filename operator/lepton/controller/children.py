@@ -9,11 +9,16 @@ immutable), only created and deleted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableSet, Sequence
+import time
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from lepton.controller.kube import KubeClient, KubeError
 from lepton.status.plan import ChildKey, Plan
+
+# A child just created is taken to exist this long before its watch shows it: a pass that runs before
+# the watch catches up must not POST it again (a 409 and a GET per child, at scale).
+TRUST_CREATED_SECONDS = 30.0
 
 
 class NameConflictError(Exception):
@@ -76,11 +81,13 @@ async def converge(
     observed: Mapping[str, Sequence[Mapping[str, Any]]],
     *,
     pruned: Iterable[str],
-    created: MutableSet[ChildKey],
+    created: MutableMapping[ChildKey, float],
 ) -> int:
     """Delete owned children of the `pruned` kinds that the plan no longer wants, then create what is
     missing and correct what drifted. `observed` holds owned children by kind (kinds the operator
-    watches); `created` remembers children of unwatched kinds made earlier. Returns the writes sent."""
+    watches); `created` remembers when children were made (monotonic time): one of an unwatched kind is
+    not made again, one of a watched kind not until its watch has had TRUST_CREATED_SECONDS to show it.
+    Returns the writes sent."""
     writes = 0
     wanted = plan.wanted()
     for kind in pruned:
@@ -90,14 +97,19 @@ async def converge(
                 await client.delete(str(obj["apiVersion"]), kind, meta["namespace"], meta["name"])
                 writes += 1
     present = {_key({"kind": kind, **o}): o for kind, objs in observed.items() for o in objs}
+    for key in present:
+        created.pop(key, None)  # seen: from now on its index tells whether it exists
+    now = time.monotonic()
     for child in plan.children:
         key = _key(child)
-        actual = present.get(key)
+        actual, watched = present.get(key), key[0] in observed
+        made = created.get(key)
+        trusted = made is not None and (not watched or now - made < TRUST_CREATED_SECONDS)
         try:
-            if actual is None and (key[0] in observed or key not in created):
+            if actual is None and not trusted:
                 actual = await _create(client, child, uid)
                 writes += actual is None
-                created.add(key)
+                created[key] = now
             if actual is not None and key[0] != "Pod" and drifted(_spec_part(child), actual):
                 await client.apply(child)
                 writes += 1
@@ -106,6 +118,14 @@ async def converge(
                 raise ChildRejectedError(key[0], key[1], exc) from exc
             raise
     return writes
+
+
+def recheck_after(created: Mapping[ChildKey, float], watched: Iterable[str]) -> float | None:
+    """Seconds until the first child of a watched kind, created but not seen since, stops being trusted
+    (its pass must run then, whether or not anything else happens), or None."""
+    kinds = set(watched)
+    times = [made for (kind, _), made in created.items() if kind in kinds]
+    return max(0.0, min(times) + TRUST_CREATED_SECONDS - time.monotonic()) if times else None
 
 
 def _spec_part(child: Mapping[str, Any]) -> dict[str, Any]:

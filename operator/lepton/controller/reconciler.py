@@ -5,6 +5,12 @@ decides (the kind's pure `Binding.plan`), acts (children created, corrected or d
 ones), patches status only when it changed, posts the events the status change tells, deletes the
 object when its TTL ran out, and says when to look again.
 
+What keeps writes and passes few at scale: a burst of child events (a gang's pods created, bound and
+started) is one pass (CHILD_BATCH_SECONDS); a status on its way up (the kind's `settling` phases) is
+written at most SETTLE_SECONDS late, merged with the steps that follow, while anything a user acts on
+is written at once; a child just created is not posted again before its watch shows it; the object is
+parsed once per resourceVersion.
+
 Any exception in a pass is logged with the object's key, counted in
 `lepton_reconcile_errors_total{kind,reason}` and retried with capped exponential backoff; an error the
 apiserver will repeat (a child it rejects, a name taken by someone else's object) or one that persists
@@ -32,14 +38,14 @@ from lepton.api.conditions import EventReason, Reason
 from lepton.api.constants import TERMINAL_PHASES
 from lepton.api.kinds import API_VERSION
 from lepton.api.validation import ManifestError, parse
-from lepton.controller.children import ChildRejectedError, NameConflictError, converge, owned
+from lepton.controller.children import ChildRejectedError, NameConflictError, converge, owned, recheck_after
 from lepton.controller.events import EventRecorder
 from lepton.controller.kube import KubeClient, KubeError
 from lepton.controller.metrics import OperatorMetrics
 from lepton.controller.patching import status_patch
 from lepton.status.clock import rfc3339, ttl_remaining
 from lepton.status.events import common_events
-from lepton.status.lifecycle import invalid_spec, is_kernel_stall, kernel_stall, recovered
+from lepton.status.lifecycle import invalid_spec, is_kernel_stall, kernel_stall, may_wait, recovered
 from lepton.status.plan import ChildKey, EventNote, Observed, Plan
 from lepton.status.references import Resolution, references, resolve, with_lineage
 
@@ -51,6 +57,10 @@ ERROR_BACKOFF = (1.0, 60.0)  # first retry after an error, cap
 STALL_AFTER = 5  # consecutive failed passes before the error is written into status
 IDLE_SECONDS = 300.0  # a quiet object is looked at this often anyway
 STALL_RETRY = (5.0, 300.0)  # first look again after a kernel stall, cap
+# A child's change is acted on this long after it arrives, so the burst a gang makes (every pod created,
+# bound, started within moments) is one pass instead of one per event; the object's own changes are not held.
+CHILD_BATCH_SECONDS = 0.25
+SETTLE_SECONDS = 5.0  # a status on its way up is written at most this late, merged with the steps that follow
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class Binding(ABC, Generic[R]):
 
     info: KindInfo
     children: tuple[ChildKind, ...] = ()  # watched through indexes
+    settling: frozenset[str] = frozenset()  # phases on the way up whose status may wait (`may_wait`)
     fetched: tuple[ChildKind, ...] = ()  # read by `fetch_children` (kinds the cluster may not serve)
 
     async def prepare(self, client: KubeClient) -> None:
@@ -118,7 +129,10 @@ class _State:
     fingerprint: tuple[Any, ...] | None = None
     written: dict[str, Any] | None = None  # the status the last pass wrote: its echo needs no pass of its own
     resolution: Resolution | None = None
-    created: set[ChildKey] | None = None
+    created: dict[ChildKey, float] | None = None  # children this loop created (monotonic time)
+    own_change: bool = True  # woken by the object itself (not only by its children): no batching
+    parsed: tuple[str, Any] | None = None  # (resourceVersion, the resource or the ManifestError) of the last parse
+    held_since: float | None = None  # monotonic time the status first differed from the one written
 
 
 def _now() -> datetime:
@@ -129,10 +143,12 @@ class Reconciler(Generic[R]):
     def __init__(
         self, binding: Binding[R], client: KubeClient, metrics: OperatorMetrics, recorder: EventRecorder, *,
         error_backoff: tuple[float, float] = ERROR_BACKOFF, stall_after: int = STALL_AFTER,
+        settle: float = SETTLE_SECONDS, child_batch: float = CHILD_BATCH_SECONDS,
     ) -> None:  # fmt: skip
         self.binding, self.client, self.metrics, self.recorder = binding, client, metrics, recorder
         self.kind = binding.info.kind
-        self.error_backoff, self.stall_after = error_backoff, stall_after
+        self.error_backoff, self.stall_after, self.settle = error_backoff, stall_after, settle
+        self.child_batch = child_batch
         self.indexes: dict[str, kopf.Index[Key, dict[str, Any]]] = {}
         self._states: dict[Key, _State] = {}
 
@@ -141,8 +157,9 @@ class Reconciler(Generic[R]):
         """The object was seen (added or changed): remember it and wake (or start) its loop."""
         state = self._states.get(key)
         if state is None:
-            state = self._states[key] = _State(body, asyncio.Event(), created=set())
+            state = self._states[key] = _State(body, asyncio.Event(), created={})
         state.body = body
+        state.own_change = True
         state.wake.set()
         if state.task is None or state.task.done():
             state.task = asyncio.create_task(self._loop(key), name=f"{self.kind} {key[0]}/{key[1]}")
@@ -170,7 +187,10 @@ class Reconciler(Generic[R]):
 
     async def _loop(self, key: Key) -> None:
         while (state := self._states.get(key)) is not None:
+            if state.wake.is_set() and not state.own_change and self.child_batch > 0:
+                await asyncio.sleep(self.child_batch)  # the rest of the burst joins this pass
             state.wake.clear()
+            state.own_change = False
             try:
                 wait = await self._pass(key, state)
                 state.failures = 0
@@ -259,7 +279,7 @@ class Reconciler(Generic[R]):
                          extra: Any) -> tuple[float | None, str]:  # fmt: skip
         meta = _meta(body)
         try:
-            resource = parse({k: body[k] for k in body})
+            resource = self._parse(state, body)
         except ManifestError as exc:
             info = self.binding.info
             previous = _previous_status(info.status, body)
@@ -273,13 +293,21 @@ class Reconciler(Generic[R]):
         try:
             pruned = [c.kind for c in (*self.binding.children, *self.binding.fetched) if c.pruned]
             await converge(self.client, str(meta.get("uid") or ""), plan, observed.children, pruned=pruned,
-                           created=state.created if state.created is not None else set())  # fmt: skip
+                           created=state.created if state.created is not None else {})  # fmt: skip
         except (NameConflictError, ChildRejectedError) as exc:
             reason = Reason.NAME_CONFLICT if isinstance(exc, NameConflictError) else Reason.CHILD_REJECTED
             status = kernel_stall(resource.status, int(meta.get("generation") or 0), reason, str(exc), _stamp())
         else:
             status, state.stalls = recovered(status, _stamp()), 0
+        requeue = plan.requeue_after
+        recheck = recheck_after(state.created or {}, (c.kind for c in self.binding.children))
+        if recheck is not None:  # created, not seen yet: if the watch never shows it, look then
+            requeue = min(requeue, recheck) if requeue is not None else recheck
         events = list(plan.events) if status is planned else common_events(resource.status, status)
+        held = self._hold(state, body, resource.status, status)
+        if held is not None:  # the events of this step are told, merged, with the write that follows
+            self.metrics.observe_phase(self.kind, str(meta.get("namespace")), str(meta.get("name")), status.phase)
+            return min(held, requeue) if requeue is not None else held, "ok"
         await self._write_status(body, resource.status, status, events)
         state.written = status.to_wire()
         self.metrics.observe(self.kind, body, resource.status, status)
@@ -288,7 +316,37 @@ class Reconciler(Generic[R]):
             # name, an admin creates a PriorityClass): look again, less and less often.
             state.stalls += 1
             return min(STALL_RETRY[1], STALL_RETRY[0] * 2 ** (state.stalls - 1)), "stalled"
-        return await self._ttl(body, resource, status, plan.requeue_after), "ok"
+        return await self._ttl(body, resource, status, requeue), "ok"
+
+    @staticmethod
+    def _parse(state: _State, body: Mapping[str, Any]) -> Resource:
+        """The object as a model; parsed once per resourceVersion (a pass woken by a child reuses it)."""
+        version = str(_meta(body).get("resourceVersion") or "")
+        if state.parsed is None or not version or state.parsed[0] != version:
+            try:
+                state.parsed = (version, parse({k: body[k] for k in body}))
+            except ManifestError as exc:
+                state.parsed = (version, exc)
+        if isinstance(state.parsed[1], ManifestError):
+            raise state.parsed[1]
+        return state.parsed[1]
+
+    def _hold(self, state: _State, body: Mapping[str, Any], old: CommonStatus, new: CommonStatus) -> float | None:
+        """Seconds the new status may still wait before it is written, or None: write it now (or there
+        is nothing to write). The wait is counted from the first step not written, so a status on its
+        way up is never more than `settle` seconds behind."""
+        changed = status_patch(dict(body.get("status") or {}), new.to_wire())
+        if not changed or not may_wait(old, new, self.binding.settling):
+            state.held_since = None
+            return None
+        now = time.monotonic()
+        if state.held_since is None:
+            state.held_since = now
+        left = state.held_since + self.settle - now
+        if left <= 0:
+            state.held_since = None
+            return None
+        return left
 
     async def _resolve(self, state: _State, resource: Resource, observed: Observed) -> Resolution:
         refs = references(resource)

@@ -31,6 +31,7 @@ GANG_API = ("scheduling.k8s.io/v1beta1", "podgroups")
 class TrainingJobBinding(Binding[TrainingJob]):
     info = KINDS["TrainingJob"]
     children = (ChildKind("v1", "Pod", "pods", pruned=True), ChildKind("v1", "Service", "services"))
+    settling = frozenset({Phase.PENDING, Phase.STARTING})  # a gang coming up: created, scheduled, starting
 
     def __init__(self, settings: RenderSettings, backoff_base: float, *, progress_key: bytes,
                  network: NetworkSettings | None = None) -> None:  # fmt: skip
@@ -76,7 +77,8 @@ class TrainingJobBinding(Binding[TrainingJob]):
         children = [render_service(resource)]
         if self.network is not None:  # only the gang, the operator and Prometheus reach the pods
             children.append(render_network_policy(resource, self.network))
-        if decision.create:
+        present = {str(p["metadata"]["name"]) for p in pods}
+        if decision.create and not decision.keep <= present:  # rendered only while a pod is missing
             settings = RenderSettings(self.settings.trainer_image, bool(self._gang),
                                       self.settings.termination_grace_seconds)  # fmt: skip
             token = progress_token(self.progress_key, resource.metadata.uid or "-")

@@ -53,7 +53,8 @@ def trainingjob_events(old: TrainingJobStatus, new: TrainingJobStatus) -> list[E
         notes.append(EventNote(EventReason.RESUMED, f"New gang (attempt {new.attempt}) from the latest checkpoint"))
     if new.phase == old.phase:
         return notes
-    if new.phase == Phase.STARTING:
+    if new.phase == Phase.STARTING and old.phase is not None:
+        # Told when a gang that was seen waiting gets its nodes; one scheduled at once is told by Started.
         notes.append(EventNote(EventReason.SCHEDULED, f"Gang attempt {new.attempt} scheduled; pods starting"))
     elif new.phase == Phase.RUNNING:
         notes.append(EventNote(EventReason.STARTED, f"{_message(new, ConditionType.READY)} (attempt {new.attempt})"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from lepton.api.common import CommonStatus
-from lepton.api.conditions import ConditionType, Reason, get_condition, set_condition
+from lepton.api.conditions import ConditionType, Reason, get_condition, is_true, set_condition
 from lepton.api.constants import Phase
 from lepton.status.story import Story
 
@@ -72,3 +72,17 @@ def recovered(status: S, now: str) -> S:
                           observed_generation=status.observed_generation or 0, now=now)  # fmt: skip
     phase = Phase.PENDING if status.phase == Phase.STALLED else status.phase
     return status.model_copy(update={"conditions": conds, "phase": phase})
+
+
+def may_wait(old: CommonStatus, new: CommonStatus, settling: frozenset[str]) -> bool:
+    """Whether writing `new` over `old` may wait a moment, to be merged with the steps that follow: both
+    are on the way up (phases in `settling`, or no status yet), nothing is stalled, and no spec change
+    goes unacknowledged. A gang whose pods are created, scheduled and started within that moment gets
+    one status write instead of one per step; anything a user acts on (Running, a failure, a stall, a
+    restart, an edit) is written at once."""
+    return (
+        new.phase in settling
+        and (old.phase is None or old.phase in settling)
+        and not is_true(new.conditions, ConditionType.STALLED)
+        and (not old.observed_generation or old.observed_generation == new.observed_generation)
+    )
