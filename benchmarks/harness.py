@@ -157,9 +157,9 @@ async def apiserver_writes(api: Api) -> Counter[str]:
     return counts
 
 
-def audited_writes(audit_log: Path, namespace: str, agents: tuple[str, ...]) -> Counter[str]:
-    """Writes into `namespace` by clients whose user agent starts with one of `agents`, from the dev
-    cluster's audit log: "verb resource[/subresource]" -> count."""
+def audited_writes(audit_log: Path, namespace: str, agents: tuple[str, ...], prefix: str = "") -> Counter[str]:
+    """Writes into `namespace` by clients whose user agent starts with one of `agents`, to objects whose
+    name starts with `prefix`, from the dev cluster's audit log: "verb resource[/subresource]" -> count."""
     counts: Counter[str] = Counter()
     with audit_log.open() as fh:
         for line in fh:
@@ -167,7 +167,8 @@ def audited_writes(audit_log: Path, namespace: str, agents: tuple[str, ...]) -> 
                 continue
             event = json.loads(line)
             ref = event.get("objectRef") or {}
-            if ref.get("namespace") == namespace and str(event.get("userAgent", "")).startswith(agents):
+            if (ref.get("namespace") == namespace and str(event.get("userAgent", "")).startswith(agents)
+                    and str(ref.get("name", "")).startswith(prefix)):  # fmt: skip
                 sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
                 counts[f"{event['verb']} {ref.get('resource')}{sub}"] += 1
     return counts
@@ -187,6 +188,7 @@ class OperatorUsage:
     idle_cpu: float = 0.0  # CPU seconds spent starting up, before the measured run
     cpu: float = 0.0  # CPU seconds in all
     rss_mib: float = 0.0  # peak RSS
+    pid: int = 0
 
 
 @contextmanager
@@ -199,7 +201,7 @@ def operator_process(kubeconfig: Path, namespace: str) -> Iterator[OperatorUsage
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         time.sleep(3)  # let kopf list and start watching
-        usage = OperatorUsage(idle_cpu=proc_stats(op.pid)[0])
+        usage = OperatorUsage(idle_cpu=proc_stats(op.pid)[0], pid=op.pid)
         yield usage
         usage.cpu, usage.rss_mib = proc_stats(op.pid)
     finally:

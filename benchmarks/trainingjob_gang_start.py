@@ -75,24 +75,28 @@ def collection(obj: dict[str, Any]) -> str:
     return f"{base}/namespaces/{ns}/{plural[obj['kind']]}"
 
 
+async def submit_job(http: aiohttp.ClientSession, doc: dict[str, Any], direct: bool) -> str:
+    """Direct: create the objects the operator would make of `doc` (its own render, with the operator's
+    default settings); otherwise the TrainingJob itself. Returns the job's name."""
+    if direct:
+        model = parse(doc)
+        assert isinstance(model, TrainingJob)
+        for child in render(model, 0, RenderSettings(gang_scheduling=True)):
+            child["metadata"].pop("ownerReferences")  # no TrainingJob exists in this run
+            async with http.post(collection(child), json=child) as rsp:
+                assert rsp.status == 201, await rsp.text()
+    else:
+        doc["metadata"].pop("uid")
+        async with http.post(collection(doc), json=doc) as rsp:
+            assert rsp.status == 201, await rsp.text()
+    return str(doc["metadata"]["name"])
+
+
 async def run(api: Api, ns: str, jobs: int, pace: dict[str, Any], direct: bool) -> Burst:
     running: dict[str, set[str]] = {}
-    settings = RenderSettings(gang_scheduling=True)  # the operator's defaults: the same pods on both sides
 
     async def submit(http: aiohttp.ClientSession, i: int) -> str:
-        doc = job_doc(i, ns)
-        if direct:
-            model = parse(doc)
-            assert isinstance(model, TrainingJob)
-            for child in render(model, 0, settings):
-                child["metadata"].pop("ownerReferences")  # no TrainingJob exists in this run
-                async with http.post(collection(child), json=child) as rsp:
-                    assert rsp.status == 201, await rsp.text()
-        else:
-            doc["metadata"].pop("uid")
-            async with http.post(collection(doc), json=doc) as rsp:
-                assert rsp.status == 201, await rsp.text()
-        return str(doc["metadata"]["name"])
+        return await submit_job(http, job_doc(i, ns), direct)
 
     def both_running(pod: dict[str, Any]) -> str | None:
         job = pod["metadata"].get("labels", {}).get("lepton.ai/name")

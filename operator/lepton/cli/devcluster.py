@@ -153,8 +153,10 @@ def _run(
 
 
 class DevCluster:
-    def __init__(self, name: str = "lepton", *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, name: str = "lepton", *, log: Callable[[str], None] | None = None,
+                 audit_log_mb: int = 200) -> None:  # fmt: skip
         self.name = name
+        self.audit_log_mb = audit_log_mb  # then rotated, one old file kept
         self.home = cache_dir() / "dev"
         self.kubeconfig = self.home / f"{name}.kubeconfig"
         self.log = log or (lambda msg: print(f"[dev] {msg}", file=sys.stderr, flush=True))
@@ -248,7 +250,7 @@ class DevCluster:
             "--kube-feature-gates", FEATURE_GATES,
             "--kube-runtime-config", RUNTIME_CONFIG,
             "--kube-audit-policy", str(AUDIT_POLICY),
-            "--extra-args", "kube-apiserver=audit-log-maxsize=200",  # MB, then rotated: one old file kept
+            "--extra-args", f"kube-apiserver=audit-log-maxsize={self.audit_log_mb}",
             "--extra-args", "kube-apiserver=audit-log-maxbackup=1",
             "--wait", "120s",
         ]  # fmt: skip
@@ -270,12 +272,12 @@ class DevCluster:
         zones = ("zone-a", "zone-b")
         wanted = [fake_node("cpu-node-0", zones[0])]
         wanted += [fake_node(f"gpu-node-{i}", zones[i % 2], gpus=gpus_per_node) for i in range(nodes)]
-        for node in wanted:
-            if f"node/{node['metadata']['name']}" in existing:
-                continue
+        missing = [node for node in wanted if f"node/{node['metadata']['name']}" not in existing]
+        for start in range(0, len(missing), 250):  # one kubectl per 250 nodes: 1,250 nodes in seconds
             # POST, not apply: apply would reset the status (capacity) kwok reads.
-            self.kubectl("create", "-f", "-", stdin=json.dumps(node))
-        self.kubectl("wait", "--for=condition=Ready", "nodes", "-l", "type=kwok", "--timeout=60s")
+            self.kubectl("create", "-f", "-", stdin="\n---\n".join(json.dumps(n) for n in missing[start : start + 250]))
+        timeout = f"--timeout={60 + len(wanted) // 10}s"
+        self.kubectl("wait", "--for=condition=Ready", "nodes", "-l", "type=kwok", timeout)
 
     def install_crds(self) -> None:
         docs = "---\n".join(generated().values())
