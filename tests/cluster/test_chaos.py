@@ -251,7 +251,7 @@ class Chaos:
                 deletions.pop(0)
                 self.delete_a_rank(jobs)
             if restart is not None and now >= restart:
-                self.cluster.restart_apiserver()
+                self.cluster.restart_apiserver(timeout=300)  # 2 busy cores, an etcd a whole session filled
                 self.faults["apiserver restarts"] += 1
                 restart = None
             time.sleep(0.5)
