@@ -83,7 +83,9 @@ def test_ready_from_the_jobs_summary_and_a_training_job_waits_for_it(
     assert json.loads(env[DATA_CONFIG_ENV])["outputDir"] == "/mnt/pvc/datasets/tickets"
     conds = conditions(st)
     assert (conds["Ready"]["status"], conds["Reconciling"]["status"]) == ("False", "True")
-    waiting = job_status(kube, namespace, "on-tickets")
+    # A job on its way up has its status written at most a few seconds late (the kernel's settle window).
+    waiting = eventually(lambda: (w := job_status(kube, namespace, "on-tickets")).get("phase") and w, timeout=30,
+                         what="the TrainingJob's first status")  # fmt: skip
     assert waiting["phase"] == "Pending" and "Dataset 'tickets'" in conditions(waiting)["Ready"]["message"]
     assert not [p for p in kube.get("pods", namespace=namespace)["items"]
                 if p["metadata"]["labels"].get("lepton.ai/kind") == "TrainingJob"]  # fmt: skip
