@@ -22,6 +22,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from lepton.cli.devcluster import DevCluster
+
 
 class Api:
     def __init__(self, kubeconfig: Path) -> None:
@@ -157,20 +159,15 @@ async def apiserver_writes(api: Api) -> Counter[str]:
     return counts
 
 
-def audited_writes(audit_log: Path, namespace: str, agents: tuple[str, ...], prefix: str = "") -> Counter[str]:
+def audited_writes(cluster: DevCluster, namespace: str, agents: tuple[str, ...], prefix: str = "") -> Counter[str]:
     """Writes into `namespace` by clients whose user agent starts with one of `agents`, to objects whose
     name starts with `prefix`, from the dev cluster's audit log: "verb resource[/subresource]" -> count."""
     counts: Counter[str] = Counter()
-    with audit_log.open() as fh:
-        for line in fh:
-            if namespace not in line:  # cheap filter before parsing
-                continue
-            event = json.loads(line)
-            ref = event.get("objectRef") or {}
-            if (ref.get("namespace") == namespace and str(event.get("userAgent", "")).startswith(agents)
-                    and str(ref.get("name", "")).startswith(prefix)):  # fmt: skip
-                sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
-                counts[f"{event['verb']} {ref.get('resource')}{sub}"] += 1
+    for event in cluster.audit_events(namespace):
+        ref = event.get("objectRef") or {}
+        if str(event.get("userAgent", "")).startswith(agents) and str(ref.get("name", "")).startswith(prefix):
+            sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+            counts[f"{event['verb']} {ref.get('resource')}{sub}"] += 1
     return counts
 
 

@@ -159,7 +159,7 @@ def one_side(cluster: DevCluster, api: Api, side: str, number: int, args: argpar
             wall = time.perf_counter() - t0
             time.sleep(SETTLE_SECONDS)  # its last status patches (every job Running) count too
     writes = asyncio.run(apiserver_writes(api)) - before
-    by_operator = audited_writes(cluster.audit_log, ns, OPERATOR_AGENTS) if side == "operator" else Counter()
+    by_operator = audited_writes(cluster, ns, OPERATOR_AGENTS) if side == "operator" else Counter()
     # The operator is stopped first, so it neither works on nor is charged for the deletion. The pods go at
     # once (kwok would honour their grace period), then the namespace, before the next run starts.
     t1 = time.perf_counter()

@@ -48,6 +48,11 @@ class Kube:
     def patch(self, kind: str, name: str, namespace: str, patch: dict[str, Any]) -> None:
         self.run("patch", kind, name, "-n", namespace, "--type=merge", "-p", json.dumps(patch))
 
+    def lease_holder(self, name: str, namespace: str) -> str | None:
+        """Who holds the Lease now (None: nobody, or no Lease yet)."""
+        proc = self.run("get", "lease", name, "-n", namespace, "-o", "json", check=False)
+        return json.loads(proc.stdout)["spec"].get("holderIdentity") if proc.returncode == 0 else None
+
 
 def eventually(fn: Callable[[], T | None], timeout: float = 30, interval: float = 0.3, what: str = "") -> T:
     """Poll `fn` until it returns something truthy; fail with the last value after `timeout`."""

@@ -153,8 +153,7 @@ class Replicas:
                                          {**self.env, "LEPTON_POD_NAME": name})  # fmt: skip
 
     def holder(self) -> str | None:
-        proc = self.kube.run("get", "lease", "chaos", "-n", self.ns, "-o", "json", check=False)
-        return json.loads(proc.stdout)["spec"].get("holderIdentity") if proc.returncode == 0 else None
+        return self.kube.lease_holder("chaos", self.ns)
 
     def kill_leader(self) -> str | None:
         holder = self.holder()

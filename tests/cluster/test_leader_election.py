@@ -4,13 +4,11 @@ with its user agent, which names the replica)."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 from lepton.cli.devcluster import DevCluster
 from lepton.controller.leader import LeaseTimings
@@ -25,8 +23,7 @@ AGENT = re.compile(r"^lepton-operator \((?P<identity>[^)]+)\)$")
 
 
 def holder(kube: Kube, ns: str) -> str | None:
-    proc = kube.run("get", "lease", "lepton-ha", "-n", ns, "-o", "json", check=False)
-    return json.loads(proc.stdout)["spec"].get("holderIdentity") if proc.returncode == 0 else None
+    return kube.lease_holder("lepton-ha", ns)
 
 
 def leading(op: OperatorProcess) -> float:
@@ -35,14 +32,13 @@ def leading(op: OperatorProcess) -> float:
     return float(found.group(1))
 
 
-def writes(audit: Path, ns: str) -> dict[str, list[tuple[str, str]]]:
+def writes(cluster: DevCluster, ns: str) -> dict[str, list[tuple[str, str]]]:
     """Every write into `ns` by an operator replica, by the replica's identity: (time, what)."""
     by: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for line in audit.read_text().splitlines():
-        event: dict[str, Any] = json.loads(line)
+    for event in cluster.audit_events(ns):
         ref = event.get("objectRef") or {}
         agent = AGENT.match(event.get("userAgent", ""))
-        if agent and ref.get("namespace") == ns and event["verb"] in WRITES:
+        if agent and event["verb"] in WRITES:
             what = f"{event['verb']} {ref.get('resource')}/{ref.get('subresource') or ''}{ref.get('name', '')}"
             by[agent["identity"]].append((event["requestReceivedTimestamp"], what))
     return by
@@ -93,7 +89,7 @@ def test_two_replicas_one_acts_and_a_killed_leader_is_replaced_in_time(
         assert leading(ops["replica-c"]) == 0.0 and holder(kube, ns) == second
 
         def audited() -> dict[str, list[tuple[str, str]]] | None:
-            found = writes(dev_cluster.audit_log, ns)
+            found = writes(dev_cluster, ns)
             return found if any("pods/ha-job-1-" in w for _, w in found.get(second, [])) else None
 
         by = eventually(audited, timeout=30, what="the new leader's writes in the audit log")

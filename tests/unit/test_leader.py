@@ -51,8 +51,9 @@ def test_who_may_write_the_lease(
 
 
 def test_a_released_lease_has_no_holder_and_a_short_duration() -> None:
-    spec = released(lease("me"))
+    spec = released(lease("me"), NOW)
     assert (spec["holderIdentity"], spec["leaseDurationSeconds"], spec["leaseTransitions"]) == (None, 1, 3)
+    assert spec["renewTime"] == STAMP
 
 
 def test_a_leader_gives_up_before_anyone_may_take_over() -> None:

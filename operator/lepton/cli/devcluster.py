@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,16 @@ class DevCluster:
     def audit_log(self) -> Path:
         """The apiserver's audit log (AUDIT_POLICY: every write, its user agent and object, no bodies)."""
         return self.home / "kwok" / "clusters" / self.name / "logs" / "audit.log"
+
+    def audit_events(self, namespace: str) -> Iterator[dict[str, Any]]:
+        """The audit log's events (writes, per AUDIT_POLICY) about objects in `namespace`, oldest first."""
+        with self.audit_log.open() as fh:
+            for line in fh:
+                if namespace not in line:  # cheap filter before parsing
+                    continue
+                event: dict[str, Any] = json.loads(line)
+                if (event.get("objectRef") or {}).get("namespace") == namespace:
+                    yield event
 
     def _create(self) -> None:
         config = self.home / f"{self.name}-kwok.yaml"

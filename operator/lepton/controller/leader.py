@@ -69,10 +69,10 @@ def claim(lease: Mapping[str, Any] | None, me: str, *, expired: bool, duration: 
     }
 
 
-def released(lease: Mapping[str, Any]) -> dict[str, Any]:
+def released(lease: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """What a leader stopping cleanly writes: no holder, so a standby need not wait out the duration."""
     spec = dict(lease.get("spec") or {})
-    return {**spec, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": micro_time(datetime.now(UTC))}
+    return {**spec, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": micro_time(now)}
 
 
 class LeadershipLostError(RuntimeError):
@@ -171,7 +171,7 @@ class LeaderElector:
         try:
             lease = await self.client.request("GET", self.path)
             if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
-                body = {**lease, "spec": released(lease)}
+                body = {**lease, "spec": released(lease, datetime.now(UTC))}
                 await self.client.request("PUT", self.path, body=body)
                 log.info("released Lease %s/%s", self.namespace, self.name)
         except KubeError as exc:
