@@ -24,6 +24,7 @@ from tests.cluster.kube import Kube
 
 TEST_NS_PREFIX = "lepton-test-"
 CONTROL_PLANE = pytest.StashKey[list[str]]()
+CHAOS_REPORT = pytest.StashKey[list[str]]()  # what the chaos tier injected and what its watch log found
 # Tests need no 10 s backoff and no 60 s checkpoint grace period.
 FAST = {
     "LEPTON_RESTART_BACKOFF_SECONDS": "1",
@@ -64,11 +65,12 @@ def dev_cluster(request: pytest.FixtureRequest) -> Iterator[DevCluster]:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """The test log names the real components and versions the cluster tier ran against."""
-    lines = config.stash.get(CONTROL_PLANE, None)
-    if lines:
-        terminalreporter.write_sep("-", "control plane under test")
-        for line in lines:
-            terminalreporter.write_line(line)
+    for key, title in ((CHAOS_REPORT, "chaos tier"), (CONTROL_PLANE, "control plane under test")):
+        lines = config.stash.get(key, None)
+        if lines:
+            terminalreporter.write_sep("-", title)
+            for line in lines:
+                terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

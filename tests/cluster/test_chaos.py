@@ -27,7 +27,7 @@ import yaml
 
 from lepton.api.constants import Label
 from lepton.cli.devcluster import DevCluster
-from tests.cluster.conftest import FAST, OperatorProcess, start_operator, stop_operator
+from tests.cluster.conftest import CHAOS_REPORT, FAST, OperatorProcess, start_operator, stop_operator
 from tests.cluster.kube import Kube, eventually
 from tests.cluster.test_trainingjob import trainingjob
 
@@ -199,6 +199,7 @@ class Chaos:
     deleted_from: set[str] = field(default_factory=set)
     faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("leader kills", "apiserver restarts", "rank pods deleted"), 0))  # fmt: skip
+    seconds: float = 0.0  # how long the faults took to inject
 
     def tend(self) -> dict[str, dict[str, Any]]:
         """End the gangs that ran their time: their pods succeed (kwok's fake outcome)."""
@@ -254,7 +255,7 @@ class Chaos:
                 self.faults["apiserver restarts"] += 1
                 restart = None
             time.sleep(0.5)
-        print(f"faults injected in {time.monotonic() - start:.0f}s: {self.faults}")
+        self.seconds = time.monotonic() - start
 
     def all_done(self) -> dict[str, dict[str, Any]] | None:
         jobs = self.tend()
@@ -263,10 +264,11 @@ class Chaos:
 
 
 def test_nothing_lost_or_duplicated_through_leader_kills_an_apiserver_restart_and_deleted_ranks(
-    dev_cluster: DevCluster, kube: Kube, chaos_namespace: str, tmp_path: Path
+    dev_cluster: DevCluster, kube: Kube, chaos_namespace: str, tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
     ns, seed = chaos_namespace, random.randrange(1 << 30)
-    print(f"chaos seed {seed}")
+    report = pytestconfig.stash.setdefault(CHAOS_REPORT, [])  # printed in the run's summary, pass or fail
+    report.append(f"chaos seed {seed}")
     dev_cluster.ensure_nodes(GPU_NODES, 8)
     log = WatchLog(dev_cluster.kubeconfig, ns)
     watcher = threading.Thread(target=log.run, daemon=True)
@@ -283,6 +285,7 @@ def test_nothing_lost_or_duplicated_through_leader_kills_an_apiserver_restart_an
             kube.run("create", "-n", ns, "-f", "-", stdin=json.dumps(wave))
             time.sleep(2)
         chaos.run(seconds=120)
+        report.append(f"faults injected in {chaos.seconds:.0f}s: {chaos.faults}")
         try:
             jobs = eventually(chaos.all_done, timeout=240, interval=1, what="every job Succeeded")
         except AssertionError:
@@ -309,7 +312,7 @@ def test_nothing_lost_or_duplicated_through_leader_kills_an_apiserver_restart_an
     unaccounted = {n: (restarts[n], highest.get(n, 0)) for n in jobs if restarts[n] != highest.get(n, 0)}
     spurious = {n: r for n, r in restarts.items() if r and n not in chaos.deleted_from}
     pods_seen = len({e.uid for e in log.events if e.uid})
-    print(f"watch log: {len(log.events)} events, {pods_seen} pods seen, {log.relists - 1} relists; "
+    report.append(f"watch log: {len(log.events)} events, {pods_seen} pods seen, {log.relists - 1} relists; "
           f"duplicates found: {duplicates}; two gangs of one job alive at once: {overlaps}; restarts in "
           f"status: {sum(restarts.values())} (jobs with a deleted rank: {len(chaos.deleted_from)}); "
           f"unaccounted: {len(unaccounted)}")  # fmt: skip

@@ -314,12 +314,12 @@ class DevCluster:
     def _pidfile(self, component: str) -> Path:
         return self.home / "kwok" / "clusters" / self.name / "pids" / f"{component}.pid"
 
-    def _launch(self, component: str, argv: list[str], cwd: str, log: str) -> int:
+    def _launch(self, component: str, argv: list[str], cwd: str, log: str) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True)  # fmt: skip
         self._pidfile(component).write_text(str(proc.pid))
-        return proc.pid
+        return proc
 
     def restart_apiserver(self, timeout: float = 120, revive_seconds: float = 20) -> int:
         """Crash the kube-apiserver (SIGKILL) and start it again with the same command line, the other
@@ -338,10 +338,12 @@ class DevCluster:
         new = self._launch("kube-apiserver", argv, cwd, log)
         try:
             self._wait_ready(timeout)
-        except DevClusterError as exc:  # say why: the new process's own last words
+        except DevClusterError as exc:  # say why: how the new process ended, and its own last words
+            code = new.poll()
+            how = "running" if code is None else (f"killed by signal {-code}" if code < 0 else f"exit code {code}")
             lines = Path(log).read_text(errors="replace").splitlines()[-30:]
-            alive = "running" if _alive(new) else "exited"
-            raise DevClusterError(f"{exc}; the new apiserver ({alive}) last logged:\n" + "\n".join(lines)) from None
+            raise DevClusterError(f"{exc}; the new apiserver (pid {new.pid}, {how}) last logged:\n"
+                                  + "\n".join(lines)) from None  # fmt: skip
         deadline = time.monotonic() + revive_seconds
         while commands and time.monotonic() < deadline:
             for component, (old, argv, cwd, log) in list(commands.items()):
@@ -349,7 +351,7 @@ class DevCluster:
                     self._launch(component, argv, cwd, log)
                     del commands[component]
             time.sleep(0.2)
-        return new
+        return new.pid
 
     def processes(self) -> dict[str, tuple[int, str]]:
         """Component -> (pid, executable) of the live control-plane processes (Linux /proc)."""
