@@ -140,13 +140,19 @@ async def requests_total(api: Api) -> int:
                if line.startswith("apiserver_request_total{"))  # fmt: skip
 
 
-async def wipe_pods(api: Api, ns: str) -> None:
-    """Every pod of the run gone at once (one deletecollection, no grace), before its namespace goes:
-    7,500 pods deleted one request each would take longer than the run."""
+async def wipe_pods(api: Api, ns: str, attempts: int = 20) -> None:
+    """Every pod of the run gone (deletecollection, no grace) before its namespace goes: 7,500 pods
+    deleted one request each would take longer than the run. A collection that large may outlast the
+    apiserver's request timeout (504, part of it deleted): asked again until it completes."""
     async with api.session() as http:
         params = {"gracePeriodSeconds": "0", "propagationPolicy": "Background"}
-        async with http.delete(f"/api/v1/namespaces/{ns}/pods", params=params) as rsp:
-            rsp.raise_for_status()
+        for _ in range(attempts):
+            async with http.delete(f"/api/v1/namespaces/{ns}/pods", params=params) as rsp:
+                if rsp.status == 200:
+                    return
+                if rsp.status not in (500, 503, 504):
+                    rsp.raise_for_status()
+        raise SystemExit(f"the pods of {ns} were not deleted in {attempts} deletecollections")
 
 
 @contextmanager
@@ -295,14 +301,16 @@ def main() -> None:
             order = ("direct", "operator") if number % 2 == 0 else ("operator", "direct")
             sides = {side: one_side(cluster, api, side, jobs, args) for side in order}
             sizes.append((order[0], sides["direct"], sides["operator"]))
+            done = ",".join(str(d.jobs) for _, d, _ in sizes)
+            record(  # after every size: a run cut short keeps what it measured, and says so
+                "Scale: 250 -> 2,000 TrainingJobs on 1,250 kwok nodes (issue 13)",
+                report(args, sizes)
+                + ("" if done == args.sizes else f"\n\nSizes measured so far: {done} of {args.sizes}."),
+                f"python -m benchmarks.scale --sizes {args.sizes} --rate {args.rate:g} --nodes {args.nodes} "
+                f"--services {args.services} --studies {args.studies}",
+            )
     finally:
         cluster.down()
-    record(
-        "Scale: 250 -> 2,000 TrainingJobs on 1,250 kwok nodes (issue 13)",
-        report(args, sizes),
-        f"python -m benchmarks.scale --sizes {args.sizes} --rate {args.rate:g} --nodes {args.nodes} "
-        f"--services {args.services} --studies {args.studies}",
-    )
 
 
 if __name__ == "__main__":
