@@ -41,28 +41,12 @@ from benchmarks.harness import (
     timed_submissions,
 )
 from benchmarks.results import record
-from benchmarks.trainingjob_gang_start import OPERATOR_AGENTS, quantiles, submit_job
+from benchmarks.trainingjob_gang_start import OPERATOR_AGENTS, job_doc, quantiles, submit_job
 from lepton.cli.devcluster import DevCluster
 
 GANGS = (1, 2, 4, 8)  # nodes per job, in turn
 GPUS_PER_NODE = 8
 SETTLE_SECONDS = 3.0
-
-
-def job_doc(i: int, ns: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "lepton.ai/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": f"job-{i:04d}", "namespace": ns, "uid": str(uuid.uuid4())},
-        "spec": {
-            "model": {"uri": "/models/tiny"},
-            "data": {"uri": "/data/tickets.jsonl"},
-            "hyperparameters": {"maxSteps": 100},
-            "nodes": GANGS[i % len(GANGS)],
-            "gpusPerNode": 1,
-            "output": {"uri": f"/output/job-{i:04d}"},
-        },
-    }
 
 
 def standing(ns: str, services: int, studies: int) -> list[dict[str, Any]]:
@@ -119,7 +103,7 @@ async def run(api: Api, ns: str, jobs: int, rate: float, direct: bool) -> Burst:
     running: dict[str, set[str]] = {}
 
     async def submit(http: aiohttp.ClientSession, i: int) -> str:
-        return await submit_job(http, job_doc(i, ns), direct)
+        return await submit_job(http, job_doc(i, ns, GANGS[i % len(GANGS)]), direct)
 
     def all_running(pod: dict[str, Any]) -> str | None:
         job = pod["metadata"].get("labels", {}).get("lepton.ai/name")

@@ -51,7 +51,7 @@ SETTLE_SECONDS = 3.0
 OPERATOR_AGENTS = ("lepton-operator", "kopf")  # the operator's client and kopf's own (its Events)
 
 
-def job_doc(i: int, ns: str) -> dict[str, Any]:
+def job_doc(i: int, ns: str, nodes: int = 2) -> dict[str, Any]:
     return {
         "apiVersion": "lepton.ai/v1alpha1",
         "kind": "TrainingJob",
@@ -60,7 +60,7 @@ def job_doc(i: int, ns: str) -> dict[str, Any]:
             "model": {"uri": "/models/tiny"},
             "data": {"uri": "/data/tickets.jsonl"},
             "hyperparameters": {"maxSteps": 100},
-            "nodes": 2,
+            "nodes": nodes,
             "gpusPerNode": 1,
             "output": {"uri": f"/output/job-{i:04d}"},
         },
