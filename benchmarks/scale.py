@@ -41,7 +41,7 @@ from benchmarks.harness import (
     timed_submissions,
 )
 from benchmarks.results import record
-from benchmarks.trainingjob_gang_start import OPERATOR_AGENTS, job_doc, quantiles, submit_job
+from benchmarks.trainingjob_gang_start import OPERATOR_AGENTS, Timed, job_doc, submit_job
 from lepton.cli.devcluster import DevCluster
 
 GANGS = (1, 2, 4, 8)  # nodes per job, in turn
@@ -150,7 +150,7 @@ def component_cpu(cluster: DevCluster) -> Iterator[dict[str, float]]:
 
 
 @dataclass
-class Side:
+class Side(Timed):
     jobs: int
     burst: Burst
     wall: float
@@ -161,14 +161,6 @@ class Side:
     operator_cpu: float = 0.0  # over the jobs (after the standing objects settled)
     operator_rss: float = 0.0
     standing_seconds: float = 0.0
-
-    @property
-    def p50(self) -> float:
-        return quantiles(self.burst.latencies)[0]
-
-    @property
-    def p99(self) -> float:
-        return quantiles(self.burst.latencies)[1]
 
 
 def one_side(cluster: DevCluster, api: Api, side: str, jobs: int, args: argparse.Namespace) -> Side:

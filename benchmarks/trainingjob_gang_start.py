@@ -115,13 +115,10 @@ def quantiles(samples: list[float]) -> tuple[float, float]:
     return q[49], q[98]
 
 
-@dataclass
-class Side:
+class Timed:
+    """A side of a run whose jobs were timed: its latency quantiles."""
+
     burst: Burst
-    wall: float  # the run: watch set-up, submissions, until the last job has both pods Running
-    usage: OperatorUsage | None = None  # the operator side only
-    writes: Counter[str] = field(default_factory=Counter)  # the apiserver's write requests, every client
-    by_operator: Counter[str] = field(default_factory=Counter)  # the operator's own writes (audit log)
 
     @property
     def p50(self) -> float:
@@ -130,6 +127,15 @@ class Side:
     @property
     def p99(self) -> float:
         return quantiles(self.burst.latencies)[1]
+
+
+@dataclass
+class Side(Timed):
+    burst: Burst
+    wall: float  # the run: watch set-up, submissions, until the last job has both pods Running
+    usage: OperatorUsage | None = None  # the operator side only
+    writes: Counter[str] = field(default_factory=Counter)  # the apiserver's write requests, every client
+    by_operator: Counter[str] = field(default_factory=Counter)  # the operator's own writes (audit log)
 
 
 @dataclass
