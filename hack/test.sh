@@ -9,6 +9,4 @@ echo "== ruff";          ruff check . && ruff format --check .
 echo "== mypy";          mypy
 echo "== import-linter"; lint-imports
 echo "== crd drift";     leptonctl crds --check
-# The chaos tier (pytest -m chaos) is not in this run: on a cluster made by the same session, its
-# apiserver restart sometimes does not come back (README, "Test tiers"). A later -m overrides this one.
-echo "== pytest";        python3 -m pytest -m "not chaos" "${@:-tests}"
+echo "== pytest";        python3 -m pytest "${@:-tests}"

@@ -285,7 +285,10 @@ def test_nothing_lost_or_duplicated_through_leader_kills_an_apiserver_restart_an
             kube.run("create", "-n", ns, "-f", "-", stdin=json.dumps(wave))
             time.sleep(2)
         chaos.run(seconds=120)
-        report.append(f"faults injected in {chaos.seconds:.0f}s: {chaos.faults}")
+        report.append(
+            f"faults injected in {chaos.seconds:.0f}s: {chaos.faults}; apiserver starts that failed "
+            f"(started again, as a kubelet would): {dev_cluster.relaunches or 'none'}"
+        )
         try:
             jobs = eventually(chaos.all_done, timeout=240, interval=1, what="every job Succeeded")
         except AssertionError:

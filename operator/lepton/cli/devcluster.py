@@ -161,6 +161,7 @@ class DevCluster:
         self.kubeconfig = self.home / f"{name}.kubeconfig"
         self.log = log or (lambda msg: print(f"[dev] {msg}", file=sys.stderr, flush=True))
         self._bins: Binaries | None = None
+        self.relaunches: list[str] = []  # apiserver starts that died or stayed silent (restart_apiserver)
 
     # --- plumbing -----------------------------------------------------------------------------
     @property
@@ -321,12 +322,14 @@ class DevCluster:
         self._pidfile(component).write_text(str(proc.pid))
         return proc
 
-    def restart_apiserver(self, timeout: float = 120, revive_seconds: float = 20) -> int:
+    def restart_apiserver(self, timeout: float = 120, revive_seconds: float = 20, silent_seconds: float = 60) -> int:
         """Crash the kube-apiserver (SIGKILL) and start it again with the same command line, the other
         components staying up: every client's watch breaks and resumes. The controller-manager and the
         scheduler exit by design when they cannot renew their own lease meanwhile; like the kubelet
         restarting static pods, any component that dies within `revive_seconds` of the apiserver's return
-        is started again. Returns the apiserver's new process id."""
+        is started again. Also like the kubelet, a new apiserver that dies, or writes not one log line in
+        `silent_seconds`, is started again; each such start is recorded in `relaunches`, with how it ended.
+        Returns the apiserver's new process id."""
         commands: dict[str, tuple[int, list[str], str, str]] = {}
         for component, (pid, _) in self.processes().items():
             argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
@@ -335,15 +338,7 @@ class DevCluster:
         os.kill(pid, signal.SIGKILL)
         while _alive(pid):
             time.sleep(0.05)
-        new = self._launch("kube-apiserver", argv, cwd, log)
-        try:
-            self._wait_ready(timeout)
-        except DevClusterError as exc:  # say why: how the new process ended, and its own last words
-            code = new.poll()
-            how = "running" if code is None else (f"killed by signal {-code}" if code < 0 else f"exit code {code}")
-            lines = Path(log).read_text(errors="replace").splitlines()[-30:]
-            raise DevClusterError(f"{exc}; the new apiserver (pid {new.pid}, {how}) last logged:\n"
-                                  + "\n".join(lines)) from None  # fmt: skip
+        new = self._supervise_apiserver(argv, cwd, log, timeout, silent_seconds)
         deadline = time.monotonic() + revive_seconds
         while commands and time.monotonic() < deadline:
             for component, (old, argv, cwd, log) in list(commands.items()):
@@ -352,6 +347,43 @@ class DevCluster:
                     del commands[component]
             time.sleep(0.2)
         return new.pid
+
+    def _supervise_apiserver(self, argv: list[str], cwd: str, log: str, timeout: float,
+                             silent_seconds: float) -> subprocess.Popen[bytes]:  # fmt: skip
+        """Start the apiserver and wait until it is ready, starting it again when it dies or stays silent."""
+        deadline, starts = time.monotonic() + timeout, 0
+        while True:
+            if starts:  # a back-off between starts, as the kubelet's
+                time.sleep(min(0.5 * 2**starts, 10.0))
+            starts += 1
+            size, launched = Path(log).stat().st_size, time.monotonic()
+            new = self._launch("kube-apiserver", argv, cwd, log)
+            while not self.healthy():
+                code = new.poll()
+                silent = Path(log).stat().st_size == size and time.monotonic() - launched > silent_seconds
+                if code is None and silent:
+                    new.kill()
+                    code = new.wait()
+                    how = f"silent for {silent_seconds:.0f}s, killed"
+                else:
+                    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                tail = Path(log).read_bytes()[size:].decode(errors="replace").splitlines()[-30:]
+                if code is not None:
+                    self.relaunches.append(f"pid {new.pid}: {how}" + (f"; last logged: {tail[-1]}" if tail else ""))
+                    self.log(f"kube-apiserver pid {new.pid} ended ({how}); starting it again")
+                    break
+                if time.monotonic() > deadline:
+                    raise DevClusterError(
+                        f"apiserver of {self.name!r} not ready {timeout:.0f}s after its restart; the new one "
+                        f"(pid {new.pid}, running; earlier starts: {self.relaunches or 'none'}) logged:\n"
+                        + "\n".join(tail)
+                    )
+                time.sleep(0.5)
+            else:
+                return new
+            if time.monotonic() > deadline:
+                raise DevClusterError(f"apiserver of {self.name!r} not ready {timeout:.0f}s after its restart; "
+                                      f"its starts ended: {self.relaunches}")  # fmt: skip
 
     def processes(self) -> dict[str, tuple[int, str]]:
         """Component -> (pid, executable) of the live control-plane processes (Linux /proc)."""
