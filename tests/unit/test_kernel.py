@@ -16,7 +16,7 @@ from lepton.api import KINDS, TrainingJob
 from lepton.api.common import Lineage
 from lepton.api.contract import ProgressReport
 from lepton.api.trainingjob import Failure, TrainingJobStatus
-from lepton.controller.children import controller_uid, drifted, owned
+from lepton.controller.children import controller_uid, drifted, owned, trimmed
 from lepton.controller.events import BURST, EventRecorder
 from lepton.controller.kube import KubeClient, KubeError
 from lepton.controller.metrics import OperatorMetrics
@@ -69,6 +69,47 @@ def test_children_are_ours_only_by_controller_uid(refs: list[dict[str, Any]], ou
 )
 def test_drift_is_what_the_plan_states_and_the_object_lacks(desired: Any, actual: Any, expected: bool) -> None:
     assert drifted(desired, actual) is expected
+
+
+MANAGED = [{"manager": "kube-scheduler", "operation": "Update", "fieldsV1": {"f:status": {"f:conditions": {}}}}]
+FULL_POD = {
+    "apiVersion": "v1", "kind": "Pod",
+    "metadata": {"name": "j-0-1", "namespace": "ns", "uid": "p1", "resourceVersion": "42", "managedFields": MANAGED,
+                 "labels": {"lepton.ai/attempt": "0", "lepton.ai/node-index": "1"}, "ownerReferences": [ref(UID)],
+                 "creationTimestamp": "2026-11-29T10:00:00Z", "deletionTimestamp": "2026-11-29T10:05:00Z"},
+    "spec": {"nodeName": "gpu-node-3", "containers": [{"name": "trainer", "image": "t:1", "env": [{"name": "A"}]}]},
+    "status": {"phase": "Failed", "podIP": "10.0.0.7", "message": "evicted",
+               "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+               "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 3, "message": "oom"}},
+                                      "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]},
+}  # fmt: skip
+SERVICE = {
+    "apiVersion": "v1", "kind": "Service",
+    "metadata": {"name": "j", "namespace": "ns", "labels": {"a": "1"}, "managedFields": MANAGED},
+    "spec": {"clusterIP": "None", "ports": [{"port": 29500, "protocol": "TCP"}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [FULL_POD, {**FULL_POD, "spec": {"containers": []}}, {**FULL_POD, "status": {}}, {"metadata": {"name": "x"}}],
+    ids=["bound", "unbound", "no-status", "bare"],
+)
+def test_what_the_kernel_keeps_of_a_pod_reads_the_same(pod: dict[str, Any]) -> None:
+    kept = trimmed(pod, "Pod")
+    assert PodView.of(kept) == PodView.of(pod)
+    assert "managedFields" not in kept["metadata"] and set(kept["spec"]) <= {"nodeName"}
+    assert kept["metadata"].get("resourceVersion") == pod["metadata"].get("resourceVersion")  # fingerprints read it
+
+
+@pytest.mark.parametrize(
+    "desired",
+    [{"spec": {"ports": [{"port": 29500}]}}, {"spec": {"ports": [{"port": 1}]}}, {"metadata": {"labels": {"a": "2"}}}],
+)
+def test_what_the_kernel_keeps_of_other_children_drifts_the_same(desired: dict[str, Any]) -> None:
+    kept = trimmed(SERVICE, "Service")
+    assert drifted(desired, kept) is drifted(desired, SERVICE)
+    assert "managedFields" not in kept["metadata"] and "managedFields" in SERVICE["metadata"]  # a copy
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,18 @@ def drifted(desired: Any, actual: Any) -> bool:
     return bool(desired != actual)
 
 
+def trimmed(obj: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """What the kernel keeps of a watched object: all a plan, a drift check or a fingerprint reads, without
+    `managedFields` (often half an object); a pod keeps of its spec only `nodeName` (status reads nothing
+    else of it, and pods are never compared for drift). At thousands of pods this is most of the memory."""
+    kept = {k: v for k, v in obj.items() if k != "metadata"}
+    kept["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    if kind == "Pod":
+        node = (obj.get("spec") or {}).get("nodeName")
+        kept["spec"] = {"nodeName": node} if node else {}
+    return kept
+
+
 def _key(obj: Mapping[str, Any]) -> ChildKey:
     return str(obj["kind"]), str(obj["metadata"]["name"])
 

@@ -14,6 +14,7 @@ import kopf
 
 from lepton.api import GROUP, KINDS, VERSION
 from lepton.api.constants import Label
+from lepton.controller.children import trimmed
 from lepton.controller.dataset import DatasetBinding
 from lepton.controller.events import EventRecorder
 from lepton.controller.inferenceservice import InferenceServiceBinding
@@ -76,18 +77,25 @@ def _index_id(kind: str, plural: str) -> str:
     return f"{kind.lower()}_{plural}"
 
 
+def _indexer(reconciler: Reconciler[Any], kind: str) -> Callable[..., Any]:
+    """The index function of one child kind: files the child under its owner's key (trimmed to what the
+    kernel reads) and wakes the owner's loop."""
+
+    async def child_index(body: kopf.Body, labels: Mapping[str, str], **_: Any) -> dict[tuple[str, str], Any]:
+        key = (str(body.metadata.namespace), labels.get(Label.NAME, ""))
+        reconciler.poke(key)
+        return {key: trimmed(body, kind)}
+
+    return child_index
+
+
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler[Any]) -> None:
     info = reconciler.binding.info
     ids = {child.plural: _index_id(info.kind, child.plural) for child in reconciler.binding.children}
 
-    for plural, index_id in ids.items():
-
-        async def child_index(body: kopf.Body, labels: Mapping[str, str], **_: Any) -> dict[tuple[str, str], Any]:
-            key = (str(body.metadata.namespace), labels.get(Label.NAME, ""))
-            reconciler.poke(key)
-            return {key: dict(body)}
-
-        kopf.index(plural, labels={Label.KIND: info.kind}, registry=registry, id=index_id)(child_index)
+    for child in reconciler.binding.children:
+        kopf.index(child.plural, labels={Label.KIND: info.kind}, registry=registry,
+                   id=ids[child.plural])(_indexer(reconciler, child.kind))  # fmt: skip
 
     async def resource_event(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
         for plural, index_id in ids.items():
@@ -96,7 +104,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler[Any]) -> No
         if event.get("type") == "DELETED":
             await reconciler.forget(key)
         else:
-            reconciler.track(key, {k: body[k] for k in body})
+            reconciler.track(key, trimmed(body, info.kind))
 
     kopf.on.event(GROUP, VERSION, info.plural, registry=registry, id=f"reconcile_{info.plural}")(resource_event)
 
