@@ -106,8 +106,8 @@ def serve_local(name: str, journal: Path, port: int | None, *, explicit: bool) -
         raise TuneError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; pick another --port") from None
     if not explicit:
         _say(f"the local study {name} (its journal {journal}); for the one on a cluster pass -n NAMESPACE")
+    _say("Ctrl-C to stop")  # before the URL, as for a forward
     print(f"optuna-dashboard of {name} (read-only): {server.url}", flush=True)
-    _say("Ctrl-C to stop")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -166,8 +166,9 @@ def forward(name: str, namespace: str | None, port: int) -> int:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _await_forwarding(proc, port)
-        print(f"optuna-dashboard of {ns}/{name} (read-only): http://127.0.0.1:{port}/dashboard", flush=True)
+        # the hint goes out before the URL: whoever reads the URL and presses Ctrl-C has seen both
         _say(f"(kubectl port-forward to {pod_name}, which serves it on its loopback only; Ctrl-C to stop)")
+        print(f"optuna-dashboard of {ns}/{name} (read-only): http://127.0.0.1:{port}/dashboard", flush=True)
         threading.Thread(target=_relay, args=(proc.stderr,), daemon=True).start()  # its errors, as they come
         code = proc.wait()
     except KeyboardInterrupt:
