@@ -27,6 +27,7 @@ class ConditionType(StrEnum):
     MODEL_LOADED = "ModelLoaded"  # InferenceService: a primary replica has loaded and warmed its model
     CANARY_READY = "CanaryReady"  # InferenceService: the canary serves its share
     MONITORED = "Monitored"  # InferenceService with serviceMonitor: a ServiceMonitor scrapes it
+    DRIFT_DETECTED = "DriftDetected"  # InferenceService with drift: live inputs drifted from the training data
 
 
 class Reason(StrEnum):
@@ -72,6 +73,11 @@ class Reason(StrEnum):
     SERVING = "Serving"
     SERVICE_MONITOR_CREATED = "ServiceMonitorCreated"
     API_NOT_SERVED = "APINotServed"
+    # InferenceService drift words (DriftDetected never affects Ready: the service keeps serving)
+    DRIFT_DETECTED = "DriftDetected"  # a feature's score is past spec.drift.threshold
+    NO_DRIFT = "NoDrift"
+    NO_REFERENCE = "NoReference"  # the model carries no dataStats (trained elsewhere): nothing to compare with
+    WINDOW_FILLING = "WindowFilling"  # fewer than spec.drift.minInputs inputs seen yet
     # Dataset lifecycle words (a failed preparation's reason is the workload's: SourceUnreachable, BadFormat…)
     PREPARING = "Preparing"
     PREPARED = "Prepared"

@@ -13,6 +13,7 @@ from pydantic.alias_generators import to_camel
 from lepton.api.base import ApiModel, exactly_one
 from lepton.api.common import Lineage
 from lepton.api.dataset import Augment, Decontaminate, Split, Step
+from lepton.api.drift import DriftMonitoring
 from lepton.api.inferenceservice import ALL_PROTOCOLS, Protocol, ServeTask
 from lepton.api.trainingjob import DistillationSpec, Hyperparameters, Task
 from lepton.sdk.progress import MAX_EVALUATIONS  # one number, the SDK's
@@ -175,6 +176,9 @@ class ServerConfig(ApiModel):
     drain_seconds: float = Field(default=30, ge=0, description="On SIGTERM: time in-flight requests get.")
     metadata: dict[str, str] = Field(
         default_factory=dict, description="Lineage shown on GET /v2/models/{name} (e.g. the source TrainingJob)."
+    )
+    drift: DriftMonitoring | None = Field(
+        default=None, description="Score drift of live inputs against the model's dataStats; none: no scoring."
     )
 
 

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from lepton.api.base import ApiModel, Int, Rule, ordered
 from lepton.api.common import CommonStatus, EnvVar, Lineage, ModelSource, Resources, Scheduling
+from lepton.api.drift import DriftMonitoring, DriftStatus
 
 ServeTask = Literal["causal-lm", "sequence-classification", "embeddings"]
 Protocol = Literal["v2", "openai"]
@@ -141,6 +142,12 @@ class InferenceServiceSpec(ApiModel):
         "move canary.model to model and remove canary in one edit: the primary rolls to it replica by replica, "
         "each new replica taking traffic only once its model is loaded.",
     )
+    drift: DriftMonitoring | None = Field(
+        default=None,
+        description="Score live inputs against the model's training data (the dataStats the trainer writes "
+        "beside the model) and set DriftDetected past a threshold; the servers export the scores as "
+        "lepton_server_drift_score. None: no scoring.",
+    )
     suspend: bool = Field(default=False, description="Stop serving (no replicas) but keep the resource.")
     env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Extra env for the server.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Priority and placement.")
@@ -179,3 +186,6 @@ class InferenceServiceStatus(CommonStatus):
     )
 
     traffic: TrafficSplit | None = Field(default=None, description="The traffic split in force.")
+    drift: DriftStatus | None = Field(
+        default=None, description="Drift scores of live inputs against the training data (with spec.drift)."
+    )

@@ -152,6 +152,7 @@ def server_config(
         max_request_bytes=runtime.max_request_bytes,
         drain_seconds=runtime.drain_seconds,
         metadata=lineage | {"modelPath": model_path},
+        drift=spec.drift,
     )
 
 
