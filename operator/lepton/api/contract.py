@@ -15,6 +15,7 @@ from lepton.api.common import Lineage
 from lepton.api.dataset import Augment, Decontaminate, Split, Step
 from lepton.api.drift import DriftMonitoring
 from lepton.api.inferenceservice import ALL_PROTOCOLS, Protocol, ServeTask
+from lepton.api.pii import ALL_PII, PiiEntity
 from lepton.api.trainingjob import DistillationSpec, Hyperparameters, Task
 from lepton.sdk.progress import MAX_EVALUATIONS  # one number, the SDK's
 
@@ -147,6 +148,20 @@ def _evaluations(raw: Any) -> tuple[tuple[int, tuple[tuple[str, float], ...]], .
     return tuple(sorted(found.items()))
 
 
+class RequestLogConfig(ApiModel):
+    """The request log as the server sees it: a directory it may write (a mounted PVC or a local one)."""
+
+    directory: str = Field(description="Directory the log files are appended in (created if missing).")
+    sample_rate: float = Field(default=0.1, gt=0, le=1, description="Share of responses recorded.")
+    max_bytes_per_day: int = Field(default=1073741824, ge=1, description="Bytes this replica writes per UTC day.")
+    max_file_bytes: int = Field(default=67108864, ge=1, description="A file past this size is closed.")
+    entities: list[PiiEntity] = Field(default_factory=lambda: list(ALL_PII), description="PII masked.")
+    replica: str | None = Field(default=None, description="Name part of this replica's files; default: host-pid.")
+    max_queue_bytes: int = Field(
+        default=67108864, ge=1, description="Bytes of records waiting for the writer; beyond it they are dropped."
+    )
+
+
 SERVER_CONFIG_ENV = "LEPTON_SERVER_CONFIG"
 SERVER_PORT = 8080
 
@@ -180,6 +195,9 @@ class ServerConfig(ApiModel):
     drift: DriftMonitoring | None = Field(
         default=None, description="Score drift of live inputs against the model's dataStats; none: no scoring."
     )
+    request_log: RequestLogConfig | None = Field(
+        default=None, description="Record sampled requests and serve POST /v1/feedback; none: neither."
+    )
 
 
 DATA_CONFIG_ENV = "LEPTON_DATA_CONFIG"
@@ -207,6 +225,9 @@ class DataInput(ApiModel):
     revision: str | None = Field(default=None, description="Hub revision.")
     files: str = Field(default="*", description="Hub: glob of the files to read.")
     token_env: str | None = Field(default=None, description="Env var holding the hub token.")
+    # None rather than False: a source that is no request log renders exactly as before (same Job name).
+    request_log: bool | None = Field(default=None, description="path is a request log directory (format ignored).")
+    feedback: bool | None = Field(default=None, description="Request log: join feedback labels by response id.")
 
 
 class DataConfig(ApiModel):

@@ -24,9 +24,11 @@ from lepton.api.base import (
     Rule,
     exactly_one,
     json_type,
+    local_uri,
     type_error,
 )
 from lepton.api.common import CommonStatus, ModelSource, PvcPath, Resources, Scheduling, SecretKeyRef, StorageLocation
+from lepton.api.pii import ALL_PII, PiiEntity
 
 Format = Literal["auto", "jsonl", "csv", "parquet", "text"]
 SPLITS = ("train", "validation", "test")
@@ -113,12 +115,40 @@ class HubSource(ApiModel):
     )
 
 
-class DataSource(ApiModel):
-    """One input: exactly one of a local path, a PVC path, an HTTP(S) URL, an S3 object or prefix, a hub
-    dataset. Sources are read in order and concatenated; their columns must agree."""
+class RequestLogSource(ApiModel):
+    """An InferenceService's request log (its spec.logging.destination): one row per recorded request and
+    prompt, with columns text (the input), output, responseId, time, route, model and, with feedback,
+    label and correction from POST /v1/feedback. Files still being written are read up to their last
+    whole line, so new records give a new version."""
 
     rules = (
-        exactly_one("uri", "pvc", "http", "s3", "hub", where="source"),
+        exactly_one("pvc", "uri", where="requestLog"),
+        local_uri("requestLog"),
+    )
+
+    pvc: PvcPath | None = Field(default=None, description="The log directory inside a PersistentVolumeClaim.")
+    uri: str | None = Field(
+        default=None, description="A local log directory (the local backend).", min_length=1, max_length=2048
+    )
+    feedback: bool = Field(
+        default=True,
+        description="Join the clients' feedback by response id: columns label and correction (null where none "
+        "came; the latest feedback of a response wins).",
+    )
+
+
+class DataSource(ApiModel):
+    """One input: exactly one of a local path, a PVC path, an HTTP(S) URL, an S3 object or prefix, a hub
+    dataset, an InferenceService's request log. Sources are read in order and concatenated; their columns
+    must agree."""
+
+    rules = (
+        exactly_one("uri", "pvc", "http", "s3", "hub", "requestLog", where="source"),
+        Rule(
+            cel="!has(self.requestLog) || self.format == 'auto'",
+            message="source: a requestLog has its own format: leave format unset",
+            check=lambda s: s.request_log is None or s.format == "auto",
+        ),
         Rule(
             cel="!has(self.uri) || !self.uri.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://') || self.uri.startsWith('file://')",
             message="source: uri is a local path or file:// URI; an s3:// URI goes under s3, an http(s) URL under http",
@@ -136,6 +166,9 @@ class DataSource(ApiModel):
     http: HttpSource | None = Field(default=None, description="Download one file over HTTP(S).")
     s3: S3Source | None = Field(default=None, description="Read from an S3-compatible object store.")
     hub: HubSource | None = Field(default=None, description="Read a dataset repository on the model hub.")
+    request_log: RequestLogSource | None = Field(
+        default=None, description="Read an InferenceService's request log (and its feedback)."
+    )
     format: Format = Field(
         default="auto",
         description="jsonl, csv, parquet or text (one row per line, column 'text'); auto: from the file name.",
@@ -209,10 +242,6 @@ class Dedupe(ApiModel):
     bands: Int = Field(default=14, ge=1, le=64, description="MinHash: LSH bands.")
     rows_per_band: Int = Field(default=8, ge=1, le=32, description="MinHash: hashes per band.")
     seed: Int = Field(default=1, ge=0, le=UINT32_MAX, description="MinHash: seed of the hash permutations.")
-
-
-PiiEntity = Literal["email", "phone", "ip"]
-ALL_PII: tuple[PiiEntity, ...] = ("email", "phone", "ip")
 
 
 class MaskPii(ApiModel):

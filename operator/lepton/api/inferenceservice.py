@@ -9,6 +9,7 @@ from pydantic import Field
 
 from lepton.api.base import ApiModel, Int, Rule, ordered
 from lepton.api.common import CommonStatus, EnvVar, Lineage, ModelSource, Resources, Scheduling
+from lepton.api.requestlog import RequestLogging
 from lepton.api.drift import DriftMonitoring, DriftStatus
 
 ServeTask = Literal["causal-lm", "sequence-classification", "embeddings"]
@@ -160,6 +161,11 @@ class InferenceServiceSpec(ApiModel):
         default=True,
         description="A PodDisruptionBudget: voluntary disruptions (node drains) evict one replica at a time; "
         "it never blocks a drain.",
+    )
+    logging: RequestLogging | None = Field(
+        default=None,
+        description="Record a sampled share of requests and responses, PII-masked, to a rotated store that a "
+        "Dataset's requestLog source reads back; clients add labels with POST /v1/feedback.",
     )
 
 

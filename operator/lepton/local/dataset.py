@@ -50,7 +50,8 @@ class DatasetBackend(LocalBackend[Dataset]):
         spec = dataset.spec
         if spec.suspend:
             raise LocalRunError("spec.suspend is true: a suspended Dataset prepares nothing")
-        if spec.output.uri is None or any(s.pvc is not None for s in spec.sources):
+        pvcs = [s for s in spec.sources if s.pvc is not None or (s.request_log and s.request_log.pvc is not None)]
+        if spec.output.uri is None or pvcs:
             raise LocalRunError("locally, sources and output must not be PVCs: use uri (a local path)")
         if spec.tokenize is not None and spec.tokenize.tokenizer.uri is None:
             raise LocalRunError("locally, tokenize.tokenizer must be a uri (a local model directory)")

@@ -50,6 +50,8 @@ class InferenceServiceBackend(LocalBackend[InferenceService]):
             if source is not None and source.pvc is not None:
                 raise LocalRunError(f"locally, {role} cannot come from a PVC: use uri (a local directory), a "
                                     "hub id, or a TrainingJob or TuningStudy run locally")  # fmt: skip
+        if svc.spec.logging is not None and svc.spec.logging.destination.pvc is not None:
+            raise LocalRunError("locally, logging.destination cannot be a PVC: use uri (a local directory)")
         meta = {"uid": svc.metadata.uid or "local", "namespace": svc.metadata.namespace or "default"}
         super().__init__(svc.model_copy(update={"metadata": svc.metadata.model_copy(update=meta)}), runs_root)
         self.urls: list[str] = []

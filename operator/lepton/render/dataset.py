@@ -77,6 +77,10 @@ def memory_bytes(quantity: int | str | None) -> int | None:
 
 def _input(source: DataSource, index: int, mounts: Mounts, env: list[dict[str, Any]]) -> DataInput:
     """A source as the pod sees it; each secret becomes a secretKeyRef env var named for its source."""
+    if source.request_log is not None:  # a log directory, read-only here (the servers append to it)
+        rl = source.request_log
+        path = mounts.path(rl.pvc.claim_name, rl.pvc.path, True) if rl.pvc else (rl.uri or "").removeprefix("file://")
+        return DataInput(path=path, request_log=True, feedback=rl.feedback)
     if source.pvc is not None:
         return DataInput(format=source.format, path=mounts.path(source.pvc.claim_name, source.pvc.path, True))
     if source.http is not None:

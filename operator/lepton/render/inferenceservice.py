@@ -39,6 +39,7 @@ from lepton.render.common import (
     selector,
 )
 from lepton.render.networkpolicy import NetworkSettings
+from lepton.render.requestlog import request_log_config
 
 COMPONENT = "server"
 Role = Literal["primary", "canary"]
@@ -184,6 +185,8 @@ def render_deployment(
     spec, runtime = svc.spec, svc.spec.runtime
     mounts = Mounts()
     config = server_config(svc, role, model_path(svc, role, resolved, mounts), resolved.lineage)
+    if spec.logging is not None:  # the request log: its directory mounted read-write
+        config = config.model_copy(update={"request_log": request_log_config(spec.logging, mounts)})
     ours = [{"name": SERVER_CONFIG_ENV, "value": json.dumps(config.to_wire(), sort_keys=True)}]
     source = spec.canary.model if role == "canary" and spec.canary else spec.model
     if source.hub is not None and source.hub.token_secret_ref is not None:

@@ -7,6 +7,7 @@ stream of Arrow tables of bounded size.
 - s3: listed with boto3 (one object, or every object under a prefix ending in '/', in key order); the
   digest is the ETag, so the version is known before any byte is downloaded. Objects are downloaded
   into the cache in chunks when read.
+- request log: an InferenceService's log directory (workloads/data/requestlog.py).
 - hub: a dataset repository fetched with the hub's client library (`huggingface_hub`), then read like
   a directory. Not tested here: no test environment reaches a hub.
 
@@ -197,6 +198,10 @@ def _hub_inputs(source: DataInput, index: int, cache: Path) -> list[InputFile]:
 
 
 def list_inputs(source: DataInput, index: int, cache_dir: Path) -> list[InputFile]:
+    if source.request_log:
+        from lepton.workloads.data.requestlog import list_log_inputs  # it builds on this module
+
+        return list_log_inputs(source, index, cache_dir)
     if source.path is not None:
         return _path_inputs(Path(source.path), source.format, index)
     if source.url is not None:
@@ -227,4 +232,9 @@ def _local(source: DataInput, file: InputFile, cache_dir: Path) -> Path:
 
 def read_batches(source: DataInput, file: InputFile, cache_dir: Path, batch_bytes: int) -> Iterator[pa.Table]:
     """The file as tables of about `batch_bytes` of input each."""
+    if source.request_log:
+        from lepton.workloads.data.requestlog import read_log
+
+        yield from read_log(source, file, cache_dir, batch_bytes)
+        return
     yield from read_file(_local(source, file, cache_dir), file.format, file.name, batch_bytes)

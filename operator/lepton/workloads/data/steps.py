@@ -15,18 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lepton.api.dataset import Step
+from lepton.api.pii import PII, ordered
 from lepton.workloads.data.errors import DataError, Reason
 from lepton.workloads.data.minhash import band_hashes, stable_hashes
 
-PII = {
-    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
-    "ip": r"\b(?:(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\b",
-    # With a +country code: an optional (area) group and 2 to 5 groups of digits; without: an optional
-    # (area) group and 3 to 5 groups of 2-4 digits, separated by a space, dot or dash (not a bare number).
-    "phone": r"(?:\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-]?[0-9]{2,4}){1,4}"
-    r"|(?:\([0-9]{2,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-][0-9]{2,4}){2,4})\b",
-}
-_PII_ORDER = ["email", "ip", "phone"]
 _COMPARE = {"Eq": "equal", "Ne": "not_equal", "Lt": "less", "Le": "less_equal", "Gt": "greater",
             "Ge": "greater_equal"}  # fmt: skip
 
@@ -279,9 +271,8 @@ class MaskPii(StepRunner):
 
     def transform(self, table: pa.Table) -> pa.Table:
         name, col = self.text(table, self.spec.column)
-        # A fixed order whatever the spec's: e-mails first (an address's digits are not a phone number),
-        # then IPs (192.168.100.120 has a phone number's shape).
-        for entity in sorted(set(self.spec.entities), key=_PII_ORDER.index):
+        # lepton.api.pii's fixed order whatever the spec's (the server's request log masks the same way).
+        for entity in ordered(self.spec.entities):
             pattern = PII[entity]
             self.count(entity, pc.sum(pc.count_substring_regex(col, pattern)).as_py() or 0)
             col = pc.replace_substring_regex(col, pattern, self.spec.replacement.replace("{entity}", entity))

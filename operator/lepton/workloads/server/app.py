@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import routes_openai, routes_v2
+from . import requestlog, routes_openai, routes_v2
 from .errors import ApiError, is_openai
 from .state import STATE, State, state_of
 
@@ -89,6 +89,7 @@ def build_app(state: State) -> web.Application:
     if "openai" in state.config.protocols:
         routes_openai.add_routes(app)
     app.router.add_get("/metrics", metrics, allow_head=False)
+    requestlog.add_routes(app)  # POST /v1/feedback, and the request log's writer
 
     async def tag_role(request: web.Request, response: web.StreamResponse) -> None:
         response.headers[ROLE_HEADER] = state.config.role

@@ -14,11 +14,11 @@ import base64
 import json
 import struct
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
 
+from . import requestlog
 from .errors import ApiError
 from .openai_protocol import ChatRequest, CompletionRequest, EmbeddingRequest
 from .protocol import BODY_READ_SECONDS, parse, read_json
@@ -63,7 +63,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     ids = await service.tokenize(prompts, where)
     sampling = _sampling(service, req, req.max_tokens, COMPLETION_DEFAULT_TOKENS)
     return await _run(request, service, "text_completion", ids, sampling=sampling, stops=stops, stream=req.stream,
-                      usage_chunk=_usage_wanted(req))  # fmt: skip
+                      usage_chunk=_usage_wanted(req), logged=prompts)  # fmt: skip
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -78,7 +78,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     sampling = _sampling(service, req, wanted, state.config.max_output_tokens, param)
     return await _run(request, service, "chat.completion", ids, sampling=sampling, stops=stops, stream=req.stream,
-                      usage_chunk=_usage_wanted(req))  # fmt: skip
+                      usage_chunk=_usage_wanted(req), logged=[prompt])  # fmt: skip
 
 
 def _usage_wanted(req: CompletionRequest | ChatRequest) -> bool:
@@ -102,21 +102,26 @@ async def _run(
     stops: list[str],
     stream: bool,
     usage_chunk: bool,
+    logged: list[str],
 ) -> web.StreamResponse:
+    """Generate; `logged` are the inputs the request log records beside the texts answered."""
     started = started_of(request)
     pendings = service.submit(service.jobs("generate", ids, sampling), started)
     gens = [service.generation(p, started, stops) for p in pendings]
-    head = {"id": f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}",
+    head = {"id": requestlog.new_response_id("chatcmpl" if obj.startswith("chat") else "cmpl"),
             "created": int(time.time()), "model": service.config.name}  # fmt: skip
     if stream:
-        return await _stream(request, gens[0], obj, head, usage_chunk)
+        return await _stream(request, gens[0], obj, head, usage_chunk, logged=logged)
     try:
         texts = [await g.complete() for g in gens]
     finally:
         for p in pendings:
             p.cancel()
     choices = [_choice(obj, i, text, g.finish_reason) for i, (text, g) in enumerate(zip(texts, gens, strict=True))]
-    return web.json_response({**head, "object": obj, "choices": choices, "usage": _usage(gens)})
+    response = web.json_response({**head, "object": obj, "choices": choices, "usage": _usage(gens)})
+    requestlog.tag(response, head["id"])
+    requestlog.record(request, head["id"], logged, list(texts))
+    return response
 
 
 def _choice(obj: str, index: int, text: str, finish: str | None) -> dict[str, Any]:
@@ -142,11 +147,13 @@ def _usage(gens: list[Generation]) -> dict[str, int]:
 
 
 async def _stream(
-    request: web.Request, gen: Generation, obj: str, head: dict[str, Any], usage_chunk: bool
+    request: web.Request, gen: Generation, obj: str, head: dict[str, Any], usage_chunk: bool, *, logged: list[str]
 ) -> web.StreamResponse:
     chunk_obj = "chat.completion.chunk" if obj == "chat.completion" else "text_completion"
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    requestlog.tag(resp, head["id"])
     await resp.prepare(request)
+    said: list[str] = []
 
     async def send(doc: dict[str, Any] | str) -> None:
         data = doc if isinstance(doc, str) else json.dumps(doc)
@@ -157,6 +164,7 @@ async def _stream(
             await send({**head, "object": chunk_obj, "choices": [_delta(obj, None, None, first=True)]})
         try:
             async for text in gen.deltas():
+                said.append(text)
                 await send({**head, "object": chunk_obj, "choices": [_delta(obj, text, None)]})
             await send({**head, "object": chunk_obj, "choices": [_delta(obj, None, gen.finish_reason)]})
             if usage_chunk:
@@ -165,6 +173,7 @@ async def _stream(
             await send(exc.openai_body())
         await send("[DONE]")
         await resp.write_eof()
+        requestlog.record(request, head["id"], logged, ["".join(said)])
     except ConnectionError:  # the client went away: stop generating for it
         gen.pending.cancel()
     return resp
@@ -190,7 +199,11 @@ async def embeddings(request: web.Request) -> web.Response:
         data.append({"object": "embedding", "index": i, "embedding": value})
     tokens = sum(len(x) for x in ids)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return web.json_response({"object": "list", "data": data, "model": state.config.name, "usage": usage})
+    response_id = requestlog.new_response_id("embd")
+    response = web.json_response({"object": "list", "data": data, "model": state.config.name, "usage": usage})
+    requestlog.tag(response, response_id)
+    requestlog.record(request, response_id, texts, [None] * len(texts))
+    return response
 
 
 def add_routes(app: web.Application) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import requestlog
 from .protocol import BODY_READ_SECONDS, parse_v2, read_json, v2_output
 from .service import Sampling
 from .state import VERSION, State, started_of, state_of
@@ -94,6 +95,7 @@ async def infer(request: web.Request) -> web.Response:
     ids = await service.tokenize(req.texts, where)
     started = started_of(request)
     outputs: dict[str, dict[str, Any]] = {}
+    logged: list[str | None] = [None] * len(req.texts)  # what the request log records as each output
     n = len(req.texts)
     if c.task == "causal-lm":
         p = req.parameters
@@ -107,6 +109,7 @@ async def infer(request: web.Request) -> web.Response:
             for x in pendings:
                 x.cancel()
         outputs["text_output"] = v2_output("text_output", "BYTES", [n], list(texts))
+        logged = list(texts)
         outputs["finish_reason"] = v2_output("finish_reason", "BYTES", [n], [g.finish_reason for g in gens])
     elif c.task == "sequence-classification":
         classified: list[Classified] = await service.classify(service.submit(service.jobs("classify", ids), started))
@@ -114,6 +117,7 @@ async def infer(request: web.Request) -> web.Response:
         flat = [v for r in classified for v in r.logits]
         outputs["logits"] = v2_output("logits", "FP32", [n, width], flat)
         outputs["label"] = v2_output("label", "BYTES", [n], [r.label for r in classified])
+        logged = [r.label for r in classified]
     else:
         embedded: list[Embedded] = await service.embed(service.submit(service.jobs("embed", ids), started))
         width = len(embedded[0].vector)
@@ -121,7 +125,11 @@ async def infer(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"model_name": c.name, "model_version": "1", "outputs": [outputs[o] for o in req.outputs]}
     if req.id is not None:
         body["id"] = req.id
-    return web.json_response(body)
+    response_id = requestlog.new_response_id("infer")
+    response = web.json_response(body)
+    requestlog.tag(response, response_id)
+    requestlog.record(request, response_id, list(req.texts), logged)
+    return response
 
 
 def add_routes(app: web.Application, v2: bool) -> None:

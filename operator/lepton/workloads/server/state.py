@@ -7,6 +7,7 @@ import json
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -15,6 +16,9 @@ from lepton.api.contract import ServerConfig
 from .errors import ApiError
 from .metrics import Metrics
 from .service import Service
+
+if TYPE_CHECKING:
+    from .requestlog import RequestLog
 
 try:
     VERSION = metadata.version("lepton-operator")
@@ -27,6 +31,7 @@ class State:
         self.config = config
         self.metrics = metrics
         self.service: Service | None = None
+        self.request_log: RequestLog | None = None  # set at startup when config.request_log is given
         self.draining = False
         self.inflight = 0
         self.last_arrival = time.monotonic()
