@@ -36,7 +36,7 @@ from transformers import (
 
 from lepton.api.contract import TrainerConfig, TrainingSummary
 from lepton.api.trainingjob import CLASSIFICATION_TASKS, Hyperparameters
-from lepton.workloads.trainer import checkpoint, images
+from lepton.workloads.trainer import checkpoint, datastats, images
 from lepton.workloads.trainer.data import (
     DataError,
     Packed,
@@ -469,7 +469,9 @@ def run(cfg: TrainerConfig) -> int:  # noqa: PLR0915 - one loop, read top to bot
                 "distillation": cfg.distillation.to_wire() if cfg.distillation else None,
                 "lineage": cfg.lineage.to_wire() if cfg.lineage else None,
                 "int8_layers": quantized, "train_seconds": train_seconds, "checkpoint_seconds": ckpt_seconds,
-                "samples_per_second": trained / max(train_seconds, 1e-9)}  # fmt: skip
+                "samples_per_second": trained / max(train_seconds, 1e-9),
+                "dataStats": datastats.of(train, max_length=hp.max_seq_length,
+                                          num_labels=getattr(final.config, "num_labels", None))}  # fmt: skip
         (out / "lepton-training.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         _write_summary(cfg, step, {**evaluation, "loss": loss_value}, out)
         log(rank, f"done: {step} steps, loss {'n/a' if loss_value is None else f'{loss_value:.4f}'}, model in {out}")
