@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .drift import DriftCollector
+
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -48,6 +50,8 @@ class Metrics:
         self.load_seconds = Gauge(
             "lepton_server_model_load_seconds", "Time to load and warm the model (0 until loaded).", registry=r
         )
+        self.drift = DriftCollector()  # lepton_server_drift_*: the service attaches its monitor (spec.drift)
+        r.register(self.drift)
 
     # the batcher's Observer
     def batch(self, size: int, queue_waits: Sequence[float]) -> None:

@@ -21,6 +21,7 @@ from .state import VERSION, State, started_of, state_of
 from .work import Classified, Embedded
 
 DEFAULT_MAX_TOKENS = 16
+DRIFT_SUMMARY = ("enabled", "reason", "metric", "threshold", "windowInputs", "minInputs")  # in the model metadata
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -74,8 +75,25 @@ async def model_metadata(request: web.Request) -> web.Response:
             "maxOutputTokens": c.max_output_tokens,
             "labels": list(state.service.model.labels) if state.service else [],
         },
+        "drift": {k: v for k, v in _drift(state).items() if k in DRIFT_SUMMARY},
     }
     return web.json_response(body)
+
+
+def _drift(state: State) -> dict[str, Any]:
+    """Drift scoring of this replica (spec.drift): the window and scores, or why it is off."""
+    service = state.service
+    if service is None:
+        return {"enabled": False, "reason": "the model is not loaded yet"}
+    if service.drift is None:
+        return {"enabled": False, "reason": service.drift_off}
+    return service.drift.view()
+
+
+async def model_drift(request: web.Request) -> web.Response:
+    state = state_of(request)
+    state.check_name(request.match_info["name"])
+    return web.json_response(_drift(state))
 
 
 async def model_ready(request: web.Request) -> web.Response:
@@ -140,4 +158,5 @@ def add_routes(app: web.Application, v2: bool) -> None:
     if v2:
         app.router.add_get("/v2/models/{name}", model_metadata, allow_head=False)
         app.router.add_get("/v2/models/{name}/ready", model_ready, allow_head=False)
+        app.router.add_get("/v2/models/{name}/drift", model_drift, allow_head=False)
         app.router.add_post("/v2/models/{name}/infer", infer)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from lepton.api.contract import ServerConfig
 
 from .batcher import Batcher, DeadlineExceededError, Pending, QueueFullError, WithdrawnError
+from .drift import monitor
 from .errors import ApiError
 from .metrics import Metrics
 from .work import Classified, Embedded, Generated, Job, Kind, Model, Result
@@ -35,6 +36,8 @@ class Service:
         self.batcher = batcher
         self.metrics = metrics
         self.input_limit = min(config.max_input_tokens, model.context)
+        self.drift, self.drift_off = monitor(config.drift, config.model_path, model.labels)
+        metrics.drift.monitor = self.drift
 
     def max_tokens(self, asked: int | None, default: int, param: str = "max_tokens") -> int:
         limit = self.config.max_output_tokens
@@ -56,6 +59,8 @@ class Service:
                 raise ApiError(400, f"{name} has {len(ids)} tokens; this server accepts at most {self.input_limit} "
                                "input tokens (maxInputTokens)", param=name, code="context_length_exceeded")  # fmt: skip
             out.append(ids)
+        if self.drift is not None:  # inputs that passed every check, on the event loop
+            self.drift.observe(out)
         return out
 
     def jobs(self, kind: Kind, inputs: Sequence[Sequence[int]], sampling: Sampling | None = None) -> list[Job]:
@@ -100,7 +105,10 @@ class Service:
                 p.cancel()  # whatever was not answered is dropped (no-op for what was)
 
     async def classify(self, pendings: Sequence[Pending[Job]]) -> list[Classified]:
-        return [r for r in await self.results(pendings) if isinstance(r, Classified)]
+        classified = [r for r in await self.results(pendings) if isinstance(r, Classified)]
+        if self.drift is not None:
+            self.drift.observe_labels([r.label for r in classified])
+        return classified
 
     async def embed(self, pendings: Sequence[Pending[Job]]) -> list[Embedded]:
         return [r for r in await self.results(pendings) if isinstance(r, Embedded)]
