@@ -26,11 +26,13 @@ TEST_NS_PREFIX = "lepton-test-"
 CONTROL_PLANE = pytest.StashKey[list[str]]()
 CHAOS_REPORT = pytest.StashKey[list[str]]()  # what the chaos tier injected and what its watch log found
 # Tests need no 10 s backoff and no 60 s checkpoint grace period.
+ACTIVATOR_NAMESPACE, ACTIVATOR_SERVICE = "lepton-activator-test", "lepton-activator"  # test_scale_from_zero
 FAST = {
     "LEPTON_RESTART_BACKOFF_SECONDS": "1",
     "LEPTON_TERMINATION_GRACE_SECONDS": "1",
     "LEPTON_DISCOVERY_SECONDS": "2",
     "LEPTON_DATA_METRICS_LINGER_SECONDS": "10",
+    "LEPTON_ACTIVATOR_SERVICE": f"{ACTIVATOR_NAMESPACE}/{ACTIVATOR_SERVICE}",
 }  # a preparation run for real is scraped once more at its end
 
 

@@ -27,6 +27,7 @@ class ConditionType(StrEnum):
     MODEL_LOADED = "ModelLoaded"  # InferenceService: a primary replica has loaded and warmed its model
     CANARY_READY = "CanaryReady"  # InferenceService: the canary serves its share
     MONITORED = "Monitored"  # InferenceService with serviceMonitor: a ServiceMonitor scrapes it
+    SCALED_TO_ZERO = "ScaledToZero"  # InferenceService with minReplicas 0: no replica; the activator holds requests
     DRIFT_DETECTED = "DriftDetected"  # InferenceService with drift: live inputs drifted from the training data
 
 
@@ -72,6 +73,10 @@ class Reason(StrEnum):
     REPLICA_FAILURE = "ReplicaFailure"
     SERVING = "Serving"
     SERVICE_MONITOR_CREATED = "ServiceMonitorCreated"
+    IDLE = "Idle"  # scaled to zero after idleSeconds without a request
+    ACTIVATING = "Activating"  # a held request scaled it up; the activator routes until a replica is ready
+    ACTIVATOR_UNAVAILABLE = "ActivatorUnavailable"  # no activator endpoints: it stays up rather than drop requests
+    METRICS_UNAVAILABLE = "MetricsUnavailable"  # a replica's request metrics could not be read: no idle decision
     API_NOT_SERVED = "APINotServed"
     # InferenceService drift words (DriftDetected never affects Ready: the service keeps serving)
     DRIFT_DETECTED = "DriftDetected"  # a feature's score is past spec.drift.threshold
@@ -117,6 +122,8 @@ class EventReason(StrEnum):
     MODEL_LOAD_FAILED = "ModelLoadFailed"
     SERVING = "Serving"
     TRAFFIC_SHIFTED = "TrafficShifted"
+    SCALED_TO_ZERO = "ScaledToZero"
+    ACTIVATED = "Activated"
     PREPARING = "Preparing"
     PREPARED = "Prepared"
     PREPARATION_FAILED = "PreparationFailed"

@@ -43,6 +43,7 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    SCALED_TO_ZERO = "ScaledToZero"  # InferenceService: no replica; the first request scales it up
     PREPARING = "Preparing"  # Dataset: a preparation Job runs
     READY = "Ready"  # Dataset: a version is published
     INVALID = "Invalid"

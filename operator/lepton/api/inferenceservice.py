@@ -9,8 +9,8 @@ from pydantic import Field
 
 from lepton.api.base import ApiModel, Int, Rule, ordered
 from lepton.api.common import CommonStatus, EnvVar, Lineage, ModelSource, Resources, Scheduling
-from lepton.api.requestlog import RequestLogging
 from lepton.api.drift import DriftMonitoring, DriftStatus
+from lepton.api.requestlog import RequestLogging
 
 ServeTask = Literal["causal-lm", "sequence-classification", "embeddings"]
 Protocol = Literal["v2", "openai"]
@@ -22,7 +22,12 @@ class Autoscaling(ApiModel):
     rules = (ordered("minReplicas", "maxReplicas", where="autoscaling"),)
 
     min_replicas: Int = Field(
-        default=1, ge=1, le=10000, description="Fewest replicas (scale to zero is not supported yet)."
+        default=1,
+        ge=0,
+        le=10000,
+        description="Fewest replicas. 0: after idleSeconds without a request the service scales to zero; "
+        "requests that arrive then are held by the activator (installed by the chart) while one replica loads "
+        "its model, and answered by it.",
     )
     max_replicas: Int = Field(default=1, ge=1, le=10000, description="Most replicas.")
     metric: Literal["concurrency", "rps", "cpu"] = Field(
@@ -33,6 +38,20 @@ class Autoscaling(ApiModel):
         "lepton_server_requests_total.",
     )
     target: Int = Field(default=8, ge=1, le=1000000, description="Target value of the metric per replica.")
+    idle_seconds: Int = Field(
+        default=300,
+        ge=10,
+        le=604800,
+        description="With minReplicas 0: time without a request (as the replicas' own request metrics tell) "
+        "before the service scales to zero.",
+    )
+    activation_timeout_seconds: Int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description="With minReplicas 0: longest a request that arrives at zero is held while a replica loads "
+        "its model; past it the activator answers 503 with Retry-After.",
+    )
 
 
 class Runtime(ApiModel):
@@ -101,6 +120,12 @@ class InferenceServiceSpec(ApiModel):
             message="scheduling.queueName is not supported yet for InferenceService: Kueue admission of serving "
             "replicas is not built; remove it",
             check=lambda s: s.scheduling.queue_name is None,
+        ),
+        Rule(
+            cel="!has(self.autoscaling) || self.autoscaling.minReplicas > 0 || !has(self.canary)",
+            message="autoscaling.minReplicas 0 with a canary is not supported yet: scale to zero serves one "
+            "model; set minReplicas to 1 or remove the canary",
+            check=lambda s: s.autoscaling is None or s.autoscaling.min_replicas > 0 or s.canary is None,
         ),
         Rule(
             cel="self.task == 'causal-lm' || !self.protocols.exists(p, p == 'openai')",

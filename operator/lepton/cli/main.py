@@ -72,7 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the operator against the cluster in KUBECONFIG / in-cluster")
     p.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     p.set_defaults(func=_operator)
+
+    p = sub.add_parser(
+        "activator",
+        help="hold requests for InferenceServices at zero replicas, scale them up, forward once a model is loaded",
+    )
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8012, help="port (default 8012)")
+    p.set_defaults(func=_activator)
     return parser
+
+
+def _activator(args: argparse.Namespace) -> int:
+    import logging
+
+    from lepton.controller.activator import main as activator
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return activator(args.host, args.port)
 
 
 def _operator(args: argparse.Namespace) -> int:

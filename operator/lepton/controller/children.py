@@ -70,6 +70,21 @@ def drifted(desired: Any, actual: Any) -> bool:
     return bool(desired != actual)
 
 
+def nulls(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The paths of `obj` whose value is None, as a merge patch that removes them ({} when none)."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if value is None:
+            out[key] = None
+        elif isinstance(value, Mapping) and (inner := nulls(value)):
+            out[key] = inner
+    return out
+
+
+def without_nulls(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: without_nulls(v) if isinstance(v, Mapping) else v for k, v in obj.items() if v is not None}
+
+
 def trimmed(obj: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """What the kernel keeps of a watched object: all a plan, a drift check or a fingerprint reads, without
     `managedFields` (often half an object); a pod keeps of its spec only `nodeName` (status reads nothing
@@ -123,8 +138,13 @@ async def converge(
                 writes += actual is None
                 created[key] = now
             if actual is not None and key[0] != "Pod" and drifted(_spec_part(child), actual):
-                await client.apply(child)
+                await client.apply(without_nulls(child))
                 writes += 1
+                if removed := nulls(child):
+                    # A field the render sets to None must be absent. An apply leaves alone what it does not
+                    # state (another manager, or our own create, may own it): a merge patch removes it.
+                    await client.merge_patch(child, removed)
+                    writes += 1
         except KubeError as exc:
             if exc.rejected:
                 raise ChildRejectedError(key[0], key[1], exc) from exc
@@ -150,7 +170,7 @@ def _spec_part(child: Mapping[str, Any]) -> dict[str, Any]:
 async def _create(client: KubeClient, child: Mapping[str, Any], uid: str) -> Mapping[str, Any] | None:
     """Create the child; None when it was created now, the existing object when it was already ours."""
     try:
-        await client.create(child)
+        await client.create(without_nulls(child))
         return None
     except KubeError as exc:
         if exc.status != 409:

@@ -94,6 +94,7 @@ PLURALS = {
     "ServiceMonitor": "servicemonitors",
     "Job": "jobs",
     "PersistentVolumeClaim": "persistentvolumeclaims",
+    "EndpointSlice": "endpointslices",
 }
 
 
@@ -186,6 +187,13 @@ class KubeClient:
         path = api_path(obj["apiVersion"], PLURALS[obj["kind"]], meta.get("namespace"), meta["name"])
         return await self.request("PATCH", path, body=obj, content_type="application/apply-patch+yaml",
                                   params={"fieldManager": FIELD_MANAGER, "force": "true"})  # fmt: skip
+
+    async def merge_patch(self, obj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch of `obj` (a null removes a field, whoever owns it)."""
+        meta = obj["metadata"]
+        path = api_path(obj["apiVersion"], PLURALS[obj["kind"]], meta.get("namespace"), meta["name"])
+        return await self.request("PATCH", path, body=patch, content_type="application/merge-patch+json",
+                                  params={"fieldManager": FIELD_MANAGER})  # fmt: skip
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str, grace: int | None = None) -> None:
         body = {"propagationPolicy": "Background"} | ({"gracePeriodSeconds": grace} if grace is not None else {})

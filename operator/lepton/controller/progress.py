@@ -31,3 +31,17 @@ async def fetch_progress(url: str, token: str | None = None, timeout: float = 2.
             return doc if isinstance(doc, dict) else None
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
         return None
+
+
+async def fetch_text(url: str, timeout: float = 2.0, max_bytes: int = 1024 * 1024) -> str | None:
+    """A replica's Prometheus exposition (/metrics), or None when it does not answer 200."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.get(url, allow_redirects=False) as rsp,
+        ):
+            if rsp.status != 200:
+                return None
+            return (await rsp.content.read(max_bytes)).decode(errors="replace")
+    except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
+        return None

@@ -56,6 +56,7 @@ def bindings(settings: Settings) -> list[Binding[Any]]:
             settings.images.get("server", "lepton/server:0.1.0"),
             network=settings.network(),
             discovery_seconds=settings.discovery_seconds,
+            activator=settings.activator,
         ),
         DatasetBinding(
             DataSettings(settings.images.get("data", DataSettings.data_image), settings.data_metrics_linger_seconds),

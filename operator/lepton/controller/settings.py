@@ -55,6 +55,9 @@ class Settings:
     data_metrics_linger_seconds: float | None = None
     # Leader election on a Lease (several replicas, one acts); None: this process acts alone.
     leader_election: LeaderElection | None = None
+    # (namespace, name) of the activator's Service (LEPTON_ACTIVATOR_SERVICE, "name" in the operator's
+    # namespace or "namespace/name"); None: services with minReplicas 0 keep one replica.
+    activator: tuple[str, str] | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -115,6 +118,7 @@ class Settings:
             raise SettingsError(f"LEPTON_DATA_METRICS_LINGER_SECONDS must be a whole number of seconds from 0 to "
                                 f"600, got {linger!r}")  # fmt: skip
         return cls(
+            activator=_activator(env),
             leader_election=_leader_election(env),
             discovery_seconds=float(discovery),
             data_metrics_linger_seconds=float(linger) or None,
@@ -151,6 +155,20 @@ def _leader_election(env: Mapping[str, str]) -> LeaderElection | None:
         raise SettingsError(f"LEPTON_LEASE_SECONDS must be a whole number of seconds from 3 to 300, got {seconds!r}")
     pod = env.get("LEPTON_POD_NAME", "").strip() or socket.gethostname()
     return LeaderElection(namespace, lease, f"{pod}_{secrets.token_hex(4)}", float(seconds))
+
+
+def _activator(env: Mapping[str, str]) -> tuple[str, str] | None:
+    value = env.get("LEPTON_ACTIVATOR_SERVICE", "").strip()
+    if not value:
+        return None
+    namespace, _, name = value.rpartition("/")
+    namespace = namespace or _namespace(env, "LEPTON_OPERATOR_NAMESPACE") or ""
+    if not namespace:
+        raise SettingsError("LEPTON_ACTIVATOR_SERVICE without a namespace needs LEPTON_OPERATOR_NAMESPACE (the chart "
+                            "sets it): or write it as namespace/name")  # fmt: skip
+    if not (_DNS_LABEL.match(namespace) and _DNS_LABEL.match(name)):
+        raise SettingsError(f"LEPTON_ACTIVATOR_SERVICE must be a Service as name or namespace/name, got {value!r}")
+    return namespace, name
 
 
 def _namespace(env: Mapping[str, str], name: str) -> str | None:

@@ -53,6 +53,9 @@ MONITORING_API = ("monitoring.coreos.com/v1", "servicemonitors")
 # Metric names the HorizontalPodAutoscaler asks the custom metrics API for (prometheus-adapter's
 # default rules serve a gauge under its own name and a counter `x_total` as the per-second rate `x`).
 POD_METRICS = {"concurrency": "lepton_server_inflight_requests", "rps": "lepton_server_requests"}
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # which Service an EndpointSlice serves
+SLICE_MANAGER_LABEL = "endpointslice.kubernetes.io/managed-by"  # the endpoints controllers leave other slices alone
+SLICE_MANAGER = "activator.lepton.ai"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,22 @@ class ServeSettings:
     server_image: str = "lepton/server:0.1.0"
     gateway_api: bool = False  # the cluster serves gateway.networking.k8s.io/v1 HTTPRoutes
     service_monitors: bool = False  # the cluster serves monitoring.coreos.com/v1 ServiceMonitors
+
+
+@dataclass(frozen=True)
+class Activation:
+    """Scale from zero (autoscaling.minReplicas 0), as the controller observed and decided it.
+
+    `routed`: requests go to the activator: Service NAME loses its selector (the endpoints controller
+    then leaves it alone) and an EndpointSlice of ours lists the activator's addresses; the activator
+    holds each request, scales the primary up, and forwards once a replica has loaded its model.
+    `idle`: the replicas' own metrics say no request came for idleSeconds: the primary goes to zero
+    replicas, in the same apply that routes requests to the activator (the Service comes first)."""
+
+    routed: bool = False
+    idle: bool = False
+    addresses: tuple[str, ...] = ()  # the activator's pod IPs
+    port: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +111,8 @@ def primary_replicas(svc: InferenceService) -> int:
     spec = svc.spec
     if spec.replicas is not None:
         return spec.replicas
-    return spec.autoscaling.min_replicas if spec.autoscaling is not None else 1
+    # minReplicas 0 is a count the idle decision reaches (render's `activation`), never a starting one
+    return max(spec.autoscaling.min_replicas, 1) if spec.autoscaling is not None else 1
 
 
 def canary_replicas(svc: InferenceService, primary: int, mode: TrafficMode | None) -> int:
@@ -238,21 +258,35 @@ def render_deployment(
     }
 
 
-def render_service(svc: InferenceService, role: Role | None = None) -> dict[str, Any]:
-    """Service `NAME` (both roles) or, for an HTTPRoute's backends, `NAME-primary` / `NAME-canary`."""
+def render_service(svc: InferenceService, role: Role | None = None, *, routed: bool = False) -> dict[str, Any]:
+    """Service `NAME` (both roles) or, for an HTTPRoute's backends, `NAME-primary` / `NAME-canary`.
+    `routed`: Service NAME without a selector, its endpoints being the activator's (`render_activator_slice`)."""
     name = svc.metadata.name if role is None else f"{svc.metadata.name}-{role}"
+    port = {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+    spec: dict[str, Any] = {"type": "ClusterIP", "ports": [port]}
+    # routed: the selector must go (None: removed, whoever set it), or the endpoints controller would keep
+    # managing the Service's endpoints alongside ours
+    spec["selector"] = None if routed else (selector(svc) if role is None else role_selector(svc, role))
     return {
         "apiVersion": "v1",
         "kind": "Service",
         # A role Service carries its role, so that a ServiceMonitor selects Service NAME alone.
         "metadata": child_metadata(svc, name, COMPONENT, **({Label.ROLE: role} if role else {})),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector(svc) if role is None else role_selector(svc, role),
-            "ports": [
-                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
-            ],
-        },
+        "spec": spec,
+    }
+
+
+def render_activator_slice(svc: InferenceService, activation: Activation) -> dict[str, Any]:
+    """The endpoints of Service NAME while it has no ready replica: the activator's addresses."""
+    metadata = child_metadata(svc, f"{svc.metadata.name}-activator", COMPONENT)
+    metadata["labels"] |= {SERVICE_NAME_LABEL: svc.metadata.name, SLICE_MANAGER_LABEL: SLICE_MANAGER}
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": metadata,
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in activation.addresses],
+        "ports": [{"name": "http", "port": activation.port, "protocol": "TCP", "appProtocol": "http"}],
     }
 
 
@@ -307,7 +341,9 @@ def render_autoscaler(svc: InferenceService) -> dict[str, Any]:
         "metadata": child_metadata(svc, svc.metadata.name, COMPONENT),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(svc, "primary")},
-            "minReplicas": scaling.min_replicas,
+            # autoscaling/v2 takes at least 1 (0 needs an alpha gate): from 1 to 0 is the operator's idle
+            # decision, and a target at zero is left alone by the autoscaler
+            "minReplicas": max(scaling.min_replicas, 1),
             "maxReplicas": scaling.max_replicas,
             "metrics": [metric],
         },
@@ -360,23 +396,37 @@ def render(
     *,
     current_primary: int | None = None,
     network: NetworkSettings | None = None,
+    activation: Activation | None = None,
 ) -> Rendered:
     """Every child, in creation order. `current_primary` is the primary's replica count now.
 
     Autoscaled, the HorizontalPodAutoscaler moves the primary's count; the Deployment states the count
     it has now, kept within minReplicas..maxReplicas, so an apply never undoes a scaling decision and a
     service resumed from zero (which the autoscaler leaves alone) starts at minReplicas. A replicas-mode
-    canary is sized from the primary's count."""
+    canary is sized from the primary's count.
+
+    minReplicas 0 (`activation`): the count at zero stays zero until the activator scales it up (through
+    the Deployment's scale subresource); a new service starts with one replica, so its model is known
+    to load before it first idles; the autoscaler is there only while replicas are."""
     spec = svc.spec
     mode = traffic_mode(svc, settings)
     wanted = primary_replicas(svc)
     primary = effective_primary(svc, mode, wanted)
     autoscaled = spec.autoscaling is not None and primary > 0  # not while suspended or all on the canary
+    activation = activation if spec.autoscaling is not None and spec.autoscaling.min_replicas == 0 else None
     if autoscaled and spec.autoscaling is not None:
         low, high = spec.autoscaling.min_replicas, spec.autoscaling.max_replicas
-        primary = min(max(current_primary or low, low), high)
+        if activation is None:  # minReplicas 0 without an activator to hold requests serves as 1 would
+            low = max(low, 1)
+            primary = min(max(current_primary or low, low), high)
+        else:
+            primary = 0 if activation.idle else min(1 if current_primary is None else current_primary, high)
+            autoscaled = primary > 0
+    routed = activation is not None and activation.routed and not spec.suspend
     canary = canary_replicas(svc, primary or wanted, mode)
-    children = [render_service(svc)]
+    children = [render_service(svc, routed=routed)]
+    if routed and activation is not None:
+        children.append(render_activator_slice(svc, activation))
     if mode == "gateway-api":
         children += [render_service(svc, "primary"), render_service(svc, "canary"), render_http_route(svc)]
     children.append(render_deployment(svc, "primary", primary, settings, resolved))
@@ -393,4 +443,4 @@ def render(
     return Rendered(children, mode, primary, canary)
 
 
-__all__ = ["GATEWAY_API", "MONITORING_API", "Rendered", "ServeResolved", "ServeSettings", "render"]
+__all__ = ["GATEWAY_API", "MONITORING_API", "Activation", "Rendered", "ServeResolved", "ServeSettings", "render"]

@@ -19,7 +19,10 @@ from lepton.api.conditions import ConditionType, Reason, get_condition
 from lepton.api.constants import Label, Phase
 from lepton.api.inferenceservice import InferenceServiceStatus, TrafficMode, TrafficSplit
 from lepton.api.kinds import InferenceService
+from lepton.status import scaling as scaled_to_zero
+from lepton.status.drift import Scores, drift_condition
 from lepton.status.pods import PodView
+from lepton.status.scaling import Scaling
 from lepton.status.story import Story
 
 PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
@@ -207,10 +210,13 @@ def decide(
     models: Mapping[str, str] | None = None,
     has_references: bool = False,
     monitoring_api: bool | None = None,
+    scaling: Scaling | None = None,
+    drift: Scores | None = None,
     now: str,
 ) -> InferenceServiceStatus:
     """The status for this observation. `wanted` is None while references are unresolved;
-    `monitoring_api` is whether the cluster serves ServiceMonitors (None: not known yet)."""
+    `monitoring_api` is whether the cluster serves ServiceMonitors (None: not known yet); `scaling` the
+    scale-to-zero decision (minReplicas 0); `drift` the replicas' drift scores (spec.drift)."""
     generation = int(svc.metadata.generation or 0)
     s = Story(svc.status, generation, now)
     s.update(url=url(svc), selector=primary_selector(svc), observed_generation=generation)
@@ -234,6 +240,7 @@ def decide(
     elif monitoring_api is not None:
         _monitored(s, svc, monitoring_api)
     s.update(conditions=[c for c in s.status.conditions if c.type not in dropped])
+    drift_condition(s, svc.spec.drift, *(drift or (None, None)))  # beside the story: drift never unreadies
     if waiting or wanted is None:
         message = "waiting for the model: " + "; ".join(waiting)
         s.set(ConditionType.MODEL_LOADED, False, Reason.REFERENCE_NOT_READY, message)
@@ -257,6 +264,13 @@ def decide(
     if get_condition(s.status.conditions, ConditionType.SUSPENDED) is not None:
         s.set(ConditionType.SUSPENDED, False, Reason.SERVING, "")
 
+    scaled_to_zero.tell(s, scaling)
+    if scaling is not None and scaling.at_zero:
+        # Ready: it does what it is for, answering through the activator (kstatus reads Current)
+        s.set(ConditionType.MODEL_LOADED, False, Reason.NO_REPLICAS, scaling.message)
+        s.story(ready=True, reconciling=False, stalled=False, reason=Reason.IDLE, message=scaling.message)
+        s.update(phase=Phase.SCALED_TO_ZERO)
+        return s.status
     _serving_story(s, svc, serving, wanted, total_ready)
     return s.status
 

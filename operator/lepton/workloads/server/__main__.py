@@ -113,6 +113,7 @@ async def serve(config: ServerConfig) -> int:
     batcher.start()
     state.service = Service(config, model, batcher, metrics)
     metrics.load_seconds.set(seconds)
+    metrics.last_request.set_to_current_time()  # a replica that just loaded is not idle yet
     print(f"lepton-server ready on http://{host}:{port} (model {config.name}, load {seconds:.1f}s)", flush=True)
 
     await stop.wait()

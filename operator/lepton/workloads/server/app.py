@@ -57,6 +57,7 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         state.inflight += 1
         state.last_arrival = started
         state.metrics.inflight.inc()
+        state.metrics.last_request.set_to_current_time()
     try:
         response = await handler(request)
     except ApiError as exc:

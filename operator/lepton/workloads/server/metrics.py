@@ -47,6 +47,14 @@ class Metrics:
             "lepton_server_inflight_requests", "Requests being answered now (health and metrics excluded).",
             registry=r,
         )  # fmt: skip
+        # Wall-clock time of the last request (or of the model being ready): the operator scales a service
+        # with minReplicas 0 to zero once every replica's is older than idleSeconds. A timestamp rather than
+        # a counter, so that the decision needs no memory of earlier scrapes (a new leader decides at once).
+        self.last_request = Gauge(
+            "lepton_server_last_request_timestamp_seconds",
+            "Unix time the last request arrived (health and metrics excluded), or the model became ready.",
+            registry=r,
+        )  # fmt: skip
         self.load_seconds = Gauge(
             "lepton_server_model_load_seconds", "Time to load and warm the model (0 until loaded).", registry=r
         )

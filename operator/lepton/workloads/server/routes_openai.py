@@ -108,8 +108,8 @@ async def _run(
     started = started_of(request)
     pendings = service.submit(service.jobs("generate", ids, sampling), started)
     gens = [service.generation(p, started, stops) for p in pendings]
-    head = {"id": requestlog.new_response_id("chatcmpl" if obj.startswith("chat") else "cmpl"),
-            "created": int(time.time()), "model": service.config.name}  # fmt: skip
+    response_id = requestlog.new_response_id("chatcmpl" if obj.startswith("chat") else "cmpl")
+    head = {"id": response_id, "created": int(time.time()), "model": service.config.name}
     if stream:
         return await _stream(request, gens[0], obj, head, usage_chunk, logged=logged)
     try:
@@ -119,8 +119,8 @@ async def _run(
             p.cancel()
     choices = [_choice(obj, i, text, g.finish_reason) for i, (text, g) in enumerate(zip(texts, gens, strict=True))]
     response = web.json_response({**head, "object": obj, "choices": choices, "usage": _usage(gens)})
-    requestlog.tag(response, head["id"])
-    requestlog.record(request, head["id"], logged, list(texts))
+    requestlog.tag(response, response_id)
+    requestlog.record(request, response_id, logged, list(texts))
     return response
 
 
