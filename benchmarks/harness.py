@@ -189,11 +189,13 @@ class OperatorUsage:
 
 
 @contextmanager
-def operator_process(kubeconfig: Path, namespace: str) -> Iterator[OperatorUsage]:
+def operator_process(
+    kubeconfig: Path, namespace: str, extra_env: dict[str, str] | None = None
+) -> Iterator[OperatorUsage]:
     """`leptonctl operator` as deployed (a subprocess) watching `namespace`; its CPU and peak RSS are
     filled in when the block ends."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LEPTON_WATCH_NAMESPACES": namespace,
-           "LEPTON_METRICS_PORT": "0", "LEPTON_LOG_LEVEL": "WARNING"}  # fmt: skip
+           "LEPTON_METRICS_PORT": "0", "LEPTON_LOG_LEVEL": "WARNING", **(extra_env or {})}  # fmt: skip
     op = subprocess.Popen([sys.executable, "-m", "lepton.cli.main", "operator"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:

@@ -238,6 +238,7 @@ class Activator:
         nobody waits any more. Never raises: the held requests run into their deadlines instead."""
         started = time.monotonic()
         running_at: float | None = None
+        scaled = False  # this activation scaled from zero: its timings are a cold start's
         scale = api_path("apps/v1", "deployments", wake.namespace, f"{wake.name}-primary", "scale")
         selector = f"{Label.KIND}=InferenceService,{Label.NAME}={wake.name},{Label.ROLE}=primary"
         wake.timings = {}
@@ -247,6 +248,7 @@ class Activator:
                 await self.client.request("PATCH", scale, body={"spec": {"replicas": 1}},
                                           content_type="application/merge-patch+json")  # fmt: skip
                 self.metrics.scale_ups.inc()
+                scaled = True
                 log.info("%s/%s: a request at zero: scaled to one replica", wake.namespace, wake.name)
             while wake.held > 0:
                 pods = await self.client.request("GET", api_path("v1", "pods", wake.namespace),
@@ -255,14 +257,16 @@ class Activator:
                 if ips and running_at is None:
                     running_at = time.monotonic()
                     wake.timings["scale_up"] = running_at - started
-                    self.metrics.cold_start.labels("scale_up").observe(running_at - started)
+                    if scaled:
+                        self.metrics.cold_start.labels("scale_up").observe(running_at - started)
                 answers = await asyncio.gather(*(self.probe(ip) for ip in ips))
                 ready = [ip for ip, ok in zip(ips, answers, strict=True) if ok]
                 if ready:
                     wake.ready, wake.ready_at = ready, time.monotonic()
                     if running_at is not None:
                         wake.timings["model_load"] = wake.ready_at - running_at
-                        self.metrics.cold_start.labels("model_load").observe(wake.ready_at - running_at)
+                        if scaled:
+                            self.metrics.cold_start.labels("model_load").observe(wake.ready_at - running_at)
                     wake.event.set()
                     return
                 await asyncio.sleep(self.poll)

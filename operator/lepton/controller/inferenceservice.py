@@ -93,11 +93,14 @@ class InferenceServiceBinding(Binding[InferenceService]):
         if every is None:
             self._samples.pop(key, None)
             return None
-        last = self._samples.get(key)
-        if last is not None and time.time() - last.sample.at < every:
-            return last
         ready = [(str(p["metadata"]["name"]), str((p.get("status") or {}).get("podIP") or ""), PodView.of(p).role)
                  for p in observed.of("Pod") if _ready(p)]  # fmt: skip
+        last = self._samples.get(key)
+        covered = {name for name, _, role in ready if role == "primary"}
+        # A sample counts only for the replicas it read: a replica that became ready since (a scale-up
+        # from zero) is read at once, never judged by its predecessor's idleness.
+        if last is not None and time.time() - last.sample.at < every and last.sample.pods() == covered:
+            return last
         texts = await asyncio.gather(*(fetch_text(f"http://{ip}:{SERVER_PORT}/metrics") for _, ip, _ in ready))
         primary = [(name, text) for (name, _, role), text in zip(ready, texts, strict=True) if role == "primary"]
         sample = ServingSample(

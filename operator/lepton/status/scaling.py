@@ -49,6 +49,9 @@ class ServingSample:
     replicas: tuple[ReplicaSample, ...] = ()
     unreachable: tuple[str, ...] = ()  # ready replicas that did not answer
 
+    def pods(self) -> set[str]:
+        return {r.pod for r in self.replicas} | set(self.unreachable)
+
 
 @dataclass(frozen=True)
 class ScaleView:
