@@ -48,6 +48,12 @@ with networkPolicy.enabled, each job's NetworkPolicy. */}}
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
+# InferenceService at zero replicas: Service NAME loses its selector (a merge patch, services' patch
+# above) and its endpoints are an EndpointSlice NAME-activator the operator owns, listing the addresses
+# it reads off the activator Service's own slices (listed by label, so no resourceNames).
+- apiGroups: ["discovery.k8s.io"]
+  resources: [endpointslices]
+  verbs: [get, list, watch, create, patch, delete]
 # InferenceService: its Deployments, autoscaler and disruption budget (the pods are read above).
 - apiGroups: ["apps"]
   resources: [deployments]
@@ -87,4 +93,44 @@ with networkPolicy.enabled, each job's NetworkPolicy. */}}
 - apiGroups: ["events.k8s.io"]
   resources: [events]
   verbs: [create]
+{{- end -}}
+
+{{/* The activator: holds requests for InferenceServices at zero replicas (activator.enabled). */}}
+{{- define "lepton.activator.fullname" -}}
+{{- printf "%s-activator" (include "lepton.fullname" . | trunc 53 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "lepton.activator.serviceAccountName" -}}
+{{- default (include "lepton.activator.fullname" .) .Values.activator.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "lepton.activator.selectorLabels" -}}
+app.kubernetes.io/name: lepton-activator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "lepton.activator.labels" -}}
+{{ include "lepton.activator.selectorLabels" . }}
+app.kubernetes.io/component: activator
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: lepton
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* What the activator does with the API, and nothing more: read the InferenceService a request names
+(by name in its namespace, or listed by metadata.name across namespaces for a bare Host), list its
+primary's pods by label (to probe each one's /v2/health/ready), and read and set the primary
+Deployment's replica count through the scale subresource (0 -> 1). It never writes a Deployment
+itself, never watches, never reads Secrets. */}}
+{{- define "lepton.activator.rules" -}}
+- apiGroups: ["lepton.ai"]
+  resources: [inferenceservices]
+  verbs: [get, list]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: ["apps"]
+  resources: [deployments/scale]
+  verbs: [get, patch]
 {{- end -}}
