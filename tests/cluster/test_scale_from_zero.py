@@ -208,6 +208,16 @@ def test_idle_to_zero_then_fifty_held_requests_all_answered_and_routing_handed_b
         # A deadline shorter than the load: 503 with Retry-After, and nothing else lost.
         kube.patch("inferenceservice", NAME, ns, {"spec": {"autoscaling": {"activationTimeoutSeconds": 1}}})
         wait(lambda: at_zero(kube, ns), 90, "at zero again")
+        # What never wakes it: a probe or a scrape through the Service, answered by the activator itself;
+        # a host that names no service at zero gets 404 with the words to fix it.
+        base = url.rsplit("/v1/", 1)[0]
+        for path in ("/metrics", "/v2/health/ready"):
+            request = urllib.request.Request(base + path, headers={"Host": host})
+            with urllib.request.urlopen(request, timeout=10) as rsp:
+                assert rsp.status == 200
+        code, _, doc, _ = post(url, f"nosuch.{ns}.svc", body)
+        assert code == 404 and "autoscaling.minReplicas 0" in doc["error"], doc
+        assert kube.get("deployment", f"{NAME}-primary", ns)["spec"]["replicas"] == 0, "nothing woke it"
         code, headers, doc, seconds = post(url, host, body)
         assert code == 503 and int(headers["Retry-After"]) >= 1, (code, headers, doc)
         assert "activationTimeoutSeconds" in doc["error"] and seconds < 10, doc
