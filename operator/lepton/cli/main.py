@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lepton import __version__
-from lepton.cli import crds, manifests, tune
+from lepton.cli import crds, manifests, retrain, tune
 from lepton.cli.devcluster import DevCluster, DevClusterError
 
 
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--name", default="lepton", help="cluster name (default lepton)")
 
     tune.add_parser(sub)
+    retrain.add_parser(sub)
 
     p = sub.add_parser("operator", help="run the operator against the cluster in KUBECONFIG / in-cluster")
     p.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
