@@ -50,10 +50,11 @@ with networkPolicy.enabled, each job's NetworkPolicy. */}}
   verbs: [get, list, watch, create, patch, delete]
 # InferenceService at zero replicas: Service NAME loses its selector (a merge patch, services' patch
 # above) and its endpoints are an EndpointSlice NAME-activator the operator owns, listing the addresses
-# it reads off the activator Service's own slices (listed by label, so no resourceNames).
+# it reads off the activator Service's own slices (listed by label, so no resourceNames). Its own slice
+# is read by name, never watched: a watch would bring every endpoint change of the cluster.
 - apiGroups: ["discovery.k8s.io"]
   resources: [endpointslices]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 # InferenceService: its Deployments, autoscaler and disruption budget (the pods are read above).
 - apiGroups: ["apps"]
   resources: [deployments]

@@ -51,12 +51,14 @@ class InferenceServiceBinding(Binding[InferenceService]):
         ChildKind("v1", "Service", "services", pruned=True),
         ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", pruned=True),
         ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", pruned=True),
-        ChildKind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", pruned=True),  # routes to the activator
         ChildKind("v1", "Pod", "pods", read_only=True),
     )
     fetched = (
         ChildKind(GATEWAY_API[0], "HTTPRoute", GATEWAY_API[1], pruned=True),
         ChildKind(MONITORING_API[0], "ServiceMonitor", MONITORING_API[1], pruned=True),
+        # Read by name, not watched: a watch of EndpointSlices (kopf filters labels on its side) would bring
+        # every endpoint change of the cluster to the operator. Services at zero have passes every few seconds.
+        ChildKind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", pruned=True),  # routes to the activator
     )
 
     def __init__(self, server_image: str, network: NetworkSettings | None = None, *,
@@ -122,6 +124,9 @@ class InferenceServiceBinding(Binding[InferenceService]):
             if served:
                 obj = await client.get(api_version, kind, key[0], key[1])
                 found[kind] = [obj] if obj is not None else []
+        if _scales_to_zero(body):  # or did until this pass: its slice, if any, is pruned now
+            obj = await client.get("discovery.k8s.io/v1", "EndpointSlice", key[0], f"{key[1]}-activator")
+            found["EndpointSlice"] = [obj] if obj is not None else []
         return found
 
     def plan(self, resource: InferenceService, observed: Observed, resolution: Resolution, now: datetime,
@@ -218,6 +223,13 @@ def look_seconds(body: Mapping[str, Any]) -> float | None:
     if scaling.get("minReplicas") == 0:
         return min(max(int(scaling.get("idleSeconds") or 300) / 4, 1.0), MAX_SCRAPE_SECONDS)
     return DRIFT_SCRAPE_SECONDS if spec.get("drift") else None
+
+
+def _scales_to_zero(body: Mapping[str, Any]) -> bool:
+    """minReplicas 0 now, or a ScaledToZero condition from when it was."""
+    scaling = (body.get("spec") or {}).get("autoscaling") or {}
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return scaling.get("minReplicas") == 0 or any(c.get("type") == "ScaledToZero" for c in conditions)
 
 
 def _ready(pod: Mapping[str, Any]) -> bool:
