@@ -26,6 +26,9 @@ PII_TEXTS = [
 ]
 
 
+LITERALS = [b"jane.doe", b"example.com", b"7946 0958", b"bob_smith", b"123-4567", b"45 67 89", b"x@y.com"]
+
+
 def scan(root: Path) -> list[tuple[str, str, str]]:
     """Every e-mail or phone number in any byte under `root`: raw bytes of every file, and the decoded
     values of every Parquet file (its bytes are compressed)."""
@@ -100,6 +103,9 @@ def test_served_traffic_becomes_a_new_dataset_version_with_no_pii_stored(logged:
     assert got[ids[1]]["correction"] == "write to <email>"
     assert "<email>" in got[ids[0]]["text"] and "<phone>" in got[ids[0]]["text"]
     assert scan(log_dir) == [] and scan(out) == []
+    # and, independent of the patterns, not one of the literal secrets in any byte of the store
+    stored = b"".join(p.read_bytes() for p in sorted(log_dir.rglob("*")) if p.is_file())
+    assert not [s for s in LITERALS if s in stored], [s for s in LITERALS if s in stored]
 
     assert prepare(data_config(log_dir, out)).reused  # no new traffic: the same version, nothing recomputed
 

@@ -201,7 +201,7 @@ class ServerConfig(ApiModel):
 
 
 DATA_CONFIG_ENV = "LEPTON_DATA_CONFIG"
-DATA_FORMAT_VERSION = "1"  # bump when the same inputs and pipeline would give different output bytes
+DATA_FORMAT_VERSION = "2"  # bump when the same inputs and pipeline would give different output bytes
 TERMINATION_LOG = "/dev/termination-log"
 
 

@@ -18,10 +18,12 @@ ALL_PII: tuple[PiiEntity, ...] = ("email", "phone", "ip")
 PII: dict[str, str] = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
     "ip": r"\b(?:(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\b",
-    # With a +country code: an optional (area) group and 2 to 5 groups of digits; without: an optional
-    # (area) group and 3 to 5 groups of 2-4 digits, separated by a space, dot or dash (not a bare number).
-    "phone": r"(?:\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-]?[0-9]{2,4}){1,4}"
-    r"|(?:\([0-9]{2,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-][0-9]{2,4}){2,4})\b",
+    # With a +country code: an optional (area) group, a first group of 1-4 digits (+33 6 ...) and 1 to 5
+    # more; with an (area) group and no country code: 2 to 5 groups of 2-4 digits ((555) 123-4567); with
+    # neither: 3 to 5 such groups. Groups are separated by a space, dot or dash (a bare number is not one).
+    "phone": r"(?:\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-]?[0-9]{2,4}){1,5}"
+    r"|\([0-9]{2,4}\)[ .-]?[0-9]{2,4}(?:[ .-][0-9]{2,4}){1,4}"
+    r"|[0-9]{2,4}(?:[ .-][0-9]{2,4}){2,4})\b",
 }
 # A fixed order whatever a spec's: e-mails first (an address's digits are not a phone number), then IPs
 # (192.168.100.120 has a phone number's shape).

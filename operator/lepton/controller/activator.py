@@ -185,10 +185,10 @@ class Activator:
                 try:
                     response = await self.forward(request, body, ip, started, float(runtime.get(
                         "requestTimeoutSeconds") or 30))  # fmt: skip
-                except aiohttp.ClientConnectionError:  # the replica went away before answering: find another
+                except aiohttp.ClientConnectorError:  # nothing was sent: the replica went away, find another
                     wake.ready = [r for r in wake.ready if r != ip]
                     if attempt == 2:
-                        raise RefusedError(502, "no replica accepted the request", RETRY_AFTER) from None
+                        raise RefusedError(502, "no replica accepted the connection", RETRY_AFTER) from None
                     continue
                 self.metrics.requests.labels("forwarded").inc()
                 return response
@@ -285,24 +285,39 @@ class Activator:
 
     async def forward(self, request: web.Request, body: bytes, ip: str, started: float,
                       timeout: float) -> web.StreamResponse:  # fmt: skip
+        """The replica's answer, streamed. A connection refused is raised (nothing was sent: the caller may
+        try another replica); a replica that fails after that is a 502 or 504, never retried (the request
+        may have had its effect), and one that breaks mid-answer ends the answer there."""
         http = await self.http()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["X-Forwarded-Host"] = request.headers.get("Host", "")
-        async with http.request(request.method, f"http://{ip}:{SERVER_PORT}{request.path_qs}", data=body,
-                                headers=headers, allow_redirects=False,
-                                timeout=aiohttp.ClientTimeout(total=timeout + 5)) as upstream:  # fmt: skip
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in HOP_BY_HOP:
-                    response.headers.add(key, value)
-            response.headers["X-Lepton-Activator-Seconds"] = f"{time.monotonic() - started:.3f}"
-            if upstream.headers.get("Content-Length") is not None:
-                response.content_length = int(upstream.headers["Content-Length"])
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+        response: web.StreamResponse | None = None
+        try:
+            async with http.request(request.method, f"http://{ip}:{SERVER_PORT}{request.path_qs}", data=body,
+                                    headers=headers, allow_redirects=False,
+                                    timeout=aiohttp.ClientTimeout(total=timeout + 5)) as upstream:  # fmt: skip
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in HOP_BY_HOP:
+                        response.headers.add(key, value)
+                response.headers["X-Lepton-Activator-Seconds"] = f"{time.monotonic() - started:.3f}"
+                if upstream.headers.get("Content-Length") is not None:
+                    response.content_length = int(upstream.headers["Content-Length"])
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if response is not None and response.prepared:
+                log.warning("the answer from %s broke off: %s", ip, exc or type(exc).__name__)
+                return response
+            if isinstance(exc, TimeoutError):
+                raise RefusedError(504, f"the replica did not answer within {timeout:.0f}s "
+                                        "(runtime.requestTimeoutSeconds)") from None  # fmt: skip
+            raise RefusedError(502, f"the replica failed the request: {type(exc).__name__}", RETRY_AFTER) from None
 
 
 def _scales_to_zero(svc: Mapping[str, Any]) -> bool:
@@ -319,7 +334,8 @@ def _running_ip(pod: Mapping[str, Any]) -> str | None:
 
 
 def _outcome(status: int) -> str:
-    return {404: "not_found", 421: "ambiguous", 413: "too_large", 502: "upstream_error"}.get(status, "unavailable")
+    outcomes = {404: "not_found", 421: "ambiguous", 413: "too_large", 502: "upstream_error", 504: "upstream_timeout"}
+    return outcomes.get(status, "unavailable")
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
