@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lepton.api.contract import DataConfig, ProgressReport
+from lepton.api.contract import DATA_FORMAT_VERSION, DataConfig, ProgressReport
 from lepton.api.dataset import PreparationSummary, StepCount
 from lepton.api.tokens import bearer
 from lepton.local.backend import free_port
@@ -327,7 +327,7 @@ def test_the_manifest_describes_the_version(tmp_path: Path) -> None:
     base = out / "versions" / summary.version
     manifest = json.loads((base / "manifest.json").read_text())
     assert manifest["version"] == summary.version and manifest["digest"].startswith(f"sha256:{summary.version}")
-    assert len(manifest["digest"]) == len("sha256:") + 64 and manifest["formatVersion"] == "1"
+    assert len(manifest["digest"]) == len("sha256:") + 64 and manifest["formatVersion"] == DATA_FORMAT_VERSION
     assert manifest["inputs"] == [
         {"source": 0, "name": "tickets.jsonl", "size": TICKETS.stat().st_size, "format": "jsonl",
          "digest": f"sha256:{hashlib.sha256(TICKETS.read_bytes()).hexdigest()}"}
