@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,18 @@ def test_quickstart_trains_then_is_done_then_fresh_interrupted_and_resumed(tmp_p
     # --fresh forgets the earlier run; a SIGINT (Ctrl-C) after its first checkpoint stops it after one more.
     interrupted = subprocess.Popen([sys.executable, "-c", CTRL_C_ARMED, *run, "--fresh"], cwd=ROOT,
                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # Read its stderr all along: a progress bar that fills the pipe while nobody reads would stop the run.
+    lines: list[str] = []
+    pipe = interrupted.stderr
+    assert pipe is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(pipe.readline, "")), daemon=True)
+    reader.start()
     try:
         wait_for((model / "checkpoints" / "step-00000002" / "COMPLETE").exists, 300, "a checkpoint")
         interrupted.send_signal(signal.SIGINT)
-        _, stderr = interrupted.communicate(timeout=300)
+        interrupted.wait(timeout=300)
+        reader.join(timeout=30)
+        stderr = "".join(lines)
     finally:
         if interrupted.poll() is None:
             lose_node(interrupted)
